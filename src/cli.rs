@@ -1,0 +1,190 @@
+//! The command line: flags in the Prometheus exporter style, one subcommand per job.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{self, LoadError, SystemSecrets};
+use crate::{demo, run, shutdown_signal, RunOptions};
+
+/// Exit code for a configuration that does not load (EX_CONFIG).
+const EXIT_CONFIG: u8 = 78;
+
+/// sitewatch: a Prometheus-native website availability monitor.
+#[derive(Debug, Parser)]
+#[command(name = "sitewatch", version, about)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long = "log.format", value_enum, default_value_t = LogFormat::Text, global = true, env = "SITEWATCH_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    /// Log level: error, warn, info, debug, trace (or a tracing filter).
+    #[arg(long = "log.level", default_value = "info", global = true, env = "SITEWATCH_LOG_LEVEL")]
+    pub log_level: String,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Flags shared by the commands that serve.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Address to serve /metrics and the API on (`:9898` means every interface).
+    #[arg(long = "web.listen-address", default_value = ":9898", env = "SITEWATCH_LISTEN_ADDRESS")]
+    pub listen_address: String,
+    /// Adds a `location` label to every probe series.
+    #[arg(long, env = "SITEWATCH_LOCATION")]
+    pub location: Option<String>,
+    /// At most this many probes run at once.
+    #[arg(long = "probes.max-in-flight", default_value_t = crate::scheduler::DEFAULT_MAX_IN_FLIGHT)]
+    pub max_in_flight: usize,
+    /// Time probes in flight get to finish at shutdown.
+    #[arg(long = "shutdown.grace", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: std::time::Duration,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Probe the configured sites and serve their metrics.
+    Run {
+        /// Config file, or directory of *.yaml files.
+        #[arg(long, env = "SITEWATCH_CONFIG")]
+        config: PathBuf,
+        /// Serving flags.
+        #[command(flatten)]
+        serve: ServeArgs,
+    },
+    /// Validate a config file or directory; print every error; exit 1 if any.
+    CheckConfig {
+        /// Config file, or directory of *.yaml files.
+        path: PathBuf,
+    },
+    /// Start built-in targets on 127.0.0.1 and an exporter probing them (no network needed).
+    Demo {
+        /// Serving flags.
+        #[command(flatten)]
+        serve: ServeArgs,
+    },
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Parses `:9898`, `0.0.0.0:9898`, `[::1]:9898` or `localhost:9898`.
+async fn bind(address: &str) -> std::io::Result<TcpListener> {
+    if let Some(port) = address.strip_prefix(':') {
+        let port: u16 = port
+            .parse()
+            .map_err(|_| std::io::Error::other(format!("invalid port in {address:?}")))?;
+        // Every interface: IPv6 and IPv4 where the host has IPv6, IPv4 otherwise.
+        return match TcpListener::bind(SocketAddr::from(([0u16; 8], port))).await {
+            Ok(l) => Ok(l),
+            Err(_) => TcpListener::bind(SocketAddr::from(([0u8; 4], port))).await,
+        };
+    }
+    TcpListener::bind(address).await
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format, &cli.log_level);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(dispatch(cli.command))
+}
+
+async fn dispatch(command: Command) -> ExitCode {
+    match command {
+        Command::CheckConfig { path } => check_config(&path),
+        Command::Run { config, serve } => serve_exporter(config, serve).await,
+        Command::Demo { serve } => {
+            let dir = std::env::temp_dir().join(format!("sitewatch-demo-{}", std::process::id()));
+            let demo = match demo::start(&dir).await {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("sitewatch demo: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            eprintln!(
+                "sitewatch demo: targets on 127.0.0.1, config in {}\n  try: curl -s localhost{}/metrics | grep -E '^(probe_success|sitewatch_probes_total)'",
+                demo.config.display(),
+                serve.listen_address.trim_start_matches(|c: char| c != ':'),
+            );
+            let code = serve_exporter(demo.config.clone(), serve).await;
+            let _ = std::fs::remove_dir_all(&demo.dir);
+            code
+        }
+    }
+}
+
+async fn serve_exporter(config: PathBuf, serve: ServeArgs) -> ExitCode {
+    let listener = match bind(&serve.listen_address).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("cannot listen on {}: {e}", serve.listen_address);
+            return ExitCode::FAILURE;
+        }
+    };
+    let options = RunOptions {
+        location: serve.location,
+        max_in_flight: serve.max_in_flight,
+        shutdown_grace: serve.shutdown_grace,
+        ..RunOptions::new(config)
+    };
+    match run(listener, options, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+fn check_config(path: &std::path::Path) -> ExitCode {
+    match config::load_path(path, &SystemSecrets) {
+        Ok(c) => {
+            println!("{}: OK, {} sites", path.display(), c.sites.len());
+            ExitCode::SUCCESS
+        }
+        Err(LoadError::Invalid(errors)) => {
+            for e in &errors {
+                println!("{e}");
+            }
+            println!("{}: {} errors", path.display(), errors.len());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            println!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,1172 @@
+//! Configuration: a pure function from YAML text to a validated [`Config`] or every error found.
+//!
+//! Loading happens in two steps. [`load_path`] reads a file or a directory of `*.yaml`
+//! files; [`parse_sources`] turns their text into a [`Config`] and never touches the
+//! environment itself: secrets come through the [`Secrets`] it is given, so tests
+//! never set environment variables.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use ipnet::IpNet;
+use serde::Deserialize;
+use serde_norway::Value;
+use url::Url;
+
+use crate::tls::{self, TlsSettings};
+
+/// Label names a site may not set itself: the exporter sets them.
+const RESERVED_LABELS: &[&str] = &[
+    "site", "url", "tenant", "location", "phase", "result", "le", "job", "instance",
+];
+
+/// Default number of redirects followed before a probe fails.
+const DEFAULT_MAX_REDIRECTS: u32 = 10;
+
+/// One problem found in a configuration, located as precisely as the input allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file the problem is in.
+    pub file: PathBuf,
+    /// The 1-based line, where it could be found.
+    pub line: Option<usize>,
+    /// The id of the site, for problems inside a site.
+    pub site: Option<String>,
+    /// The field, as a dotted path (`tls.ca_file`).
+    pub field: Option<String>,
+    /// What is wrong, in lower case.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        f.write_str(":")?;
+        if let Some(site) = &self.site {
+            write!(f, " site {site:?}:")?;
+        }
+        if let Some(field) = &self.field {
+            write!(f, " field `{field}`:")?;
+        }
+        write!(f, " {}", self.message)
+    }
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The path could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The path that failed.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The text was read but is not a valid configuration.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<ConfigError>),
+}
+
+/// Where secrets referenced by the configuration come from.
+pub trait Secrets {
+    /// The value of an environment variable.
+    fn env(&self, name: &str) -> Option<String>;
+    /// The contents of a file.
+    fn file(&self, path: &Path) -> std::io::Result<String>;
+}
+
+/// Secrets from the real process environment and file system.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemSecrets;
+
+impl Secrets for SystemSecrets {
+    fn env(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+    fn file(&self, path: &Path) -> std::io::Result<String> {
+        std::fs::read_to_string(path)
+    }
+}
+
+/// A secret value: never printed by `Debug` or `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<secret>")
+    }
+}
+
+/// How a probe authenticates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Auth {
+    /// HTTP basic authentication.
+    Basic {
+        /// User name (not secret).
+        username: String,
+        /// Password.
+        password: Secret,
+    },
+    /// `Authorization: Bearer <token>`.
+    Bearer(Secret),
+}
+
+/// Which address family to probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IpVersion {
+    /// The first address the resolver returns.
+    #[default]
+    Auto,
+    /// IPv4 addresses only.
+    Ipv4,
+    /// IPv6 addresses only.
+    Ipv6,
+}
+
+/// Which resolver turns names into addresses.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ResolverSetting {
+    /// The system's configuration (`/etc/resolv.conf`, `/etc/hosts`).
+    #[default]
+    System,
+    /// These name servers, in order.
+    Servers(Vec<SocketAddr>),
+}
+
+/// The `network` section: where probes may connect and how names resolve.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Network {
+    /// Ranges never connected to.
+    pub deny: Vec<IpNet>,
+    /// When non-empty, the only ranges connected to.
+    pub allow: Vec<IpNet>,
+    /// Address family preference.
+    pub ip_version: IpVersion,
+    /// Name resolution.
+    pub resolver: ResolverSetting,
+}
+
+/// A remote-write destination (pushing lands with the remote-write issue).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteWrite {
+    /// The receiver's URL.
+    pub url: Url,
+}
+
+/// Which optional per-site series are exported: series are what users pay for downstream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricsSettings {
+    /// `probe_http_duration_seconds{phase}` (5 series a site).
+    pub phases: bool,
+    /// `sitewatch_probe_duration_seconds` histogram.
+    pub histogram: bool,
+    /// Upper bounds of the histogram's buckets, in seconds.
+    pub histogram_buckets: Vec<f64>,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        Self {
+            phases: true,
+            histogram: true,
+            histogram_buckets: vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+        }
+    }
+}
+
+/// A regular expression compared by its source text.
+#[derive(Debug, Clone)]
+pub struct Pattern(pub regex::bytes::Regex);
+
+impl PartialEq for Pattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_str() == other.0.as_str()
+    }
+}
+
+/// An inclusive range of accepted status codes.
+pub type StatusRange = std::ops::RangeInclusive<u16>;
+
+/// One validated site: everything a probe needs, nothing left to parse.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Site {
+    /// The id, unique in the configuration.
+    pub id: String,
+    /// The tenant, if any.
+    pub tenant: Option<String>,
+    /// The URL probed first.
+    pub url: Url,
+    /// Extra metric labels, sorted by name.
+    pub labels: Vec<(String, String)>,
+    /// Request method.
+    pub method: http::Method,
+    /// Request headers (defaults merged with the site's).
+    pub headers: HeaderMap,
+    /// Request body.
+    pub body: Option<bytes::Bytes>,
+    /// Authentication.
+    pub auth: Option<Auth>,
+    /// TLS settings (compared by value; the client config is built from them).
+    pub tls: Arc<tls::TlsClient>,
+    /// HTTP proxy.
+    pub proxy: Option<Url>,
+    /// Time between probe starts.
+    pub interval: Duration,
+    /// Deadline of one probe.
+    pub timeout: Duration,
+    /// Accepted final status codes.
+    pub valid_status: Vec<StatusRange>,
+    /// Whether redirects are followed.
+    pub follow_redirects: bool,
+    /// How many redirects are followed before failing.
+    pub max_redirects: u32,
+    /// Body bytes read before the probe fails with `body_too_large`.
+    pub max_body_bytes: u64,
+    /// Body must match.
+    pub regex: Option<Pattern>,
+    /// Body must not match.
+    pub regex_absent: Option<Pattern>,
+    /// The file this site came from.
+    pub source: PathBuf,
+}
+
+impl Site {
+    /// The key that identifies the site: tenant and id. URLs are not keys.
+    pub fn key(&self) -> String {
+        match &self.tenant {
+            Some(t) => format!("{t}/{}", self.id),
+            None => self.id.clone(),
+        }
+    }
+}
+
+/// A whole validated configuration.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Config {
+    /// Sites in file order.
+    pub sites: Vec<Arc<Site>>,
+    /// Network policy and resolver.
+    pub network: Network,
+    /// Remote-write destinations.
+    pub remote_write: Vec<RemoteWrite>,
+    /// Optional series.
+    pub metrics: MetricsSettings,
+}
+
+// ---------------------------------------------------------------------------
+// Raw, as written.
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    defaults: Option<RawDefaults>,
+    #[serde(default)]
+    network: Option<RawNetwork>,
+    #[serde(default)]
+    remote_write: Option<Vec<RawRemoteWrite>>,
+    #[serde(default)]
+    metrics: Option<RawMetrics>,
+    #[serde(default)]
+    sites: Option<Vec<Value>>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDefaults {
+    interval: Option<String>,
+    timeout: Option<String>,
+    method: Option<String>,
+    valid_status: Option<Vec<Value>>,
+    follow_redirects: Option<bool>,
+    max_redirects: Option<u32>,
+    max_body_bytes: Option<Value>,
+    headers: Option<BTreeMap<String, String>>,
+    tls: Option<RawTls>,
+    proxy: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNetwork {
+    #[serde(default)]
+    deny: Vec<String>,
+    #[serde(default)]
+    allow: Vec<String>,
+    #[serde(default)]
+    ip_version: IpVersion,
+    resolver: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRemoteWrite {
+    url: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    phases: Option<bool>,
+    histogram: Option<bool>,
+    histogram_buckets: Option<Vec<f64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSite {
+    id: Option<String>,
+    url: Option<String>,
+    regex: Option<String>,
+    regex_absent: Option<String>,
+    tenant: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    method: Option<String>,
+    headers: Option<BTreeMap<String, String>>,
+    body: Option<String>,
+    basic_auth: Option<RawBasicAuth>,
+    bearer_token_file: Option<PathBuf>,
+    bearer_token_env: Option<String>,
+    tls: Option<RawTls>,
+    proxy: Option<String>,
+    interval: Option<String>,
+    timeout: Option<String>,
+    valid_status: Option<Vec<Value>>,
+    follow_redirects: Option<bool>,
+    max_redirects: Option<u32>,
+    max_body_bytes: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBasicAuth {
+    username: String,
+    password_file: Option<PathBuf>,
+    password_env: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    #[serde(default)]
+    insecure_skip_verify: bool,
+    ca_file: Option<PathBuf>,
+    server_name: Option<String>,
+}
+
+// ---------------------------------------------------------------------------
+// Loading.
+
+/// Reads a file, or every `*.yaml`/`*.yml` file of a directory (sorted by name), and parses it.
+pub fn load_path(path: &Path, secrets: &dyn Secrets) -> Result<Config, LoadError> {
+    let sources = read_sources(path)?;
+    parse_sources(&sources, secrets).map_err(LoadError::Invalid)
+}
+
+/// Reads the text of a config file or of every YAML file in a config directory.
+pub fn read_sources(path: &Path) -> Result<Vec<(PathBuf, String)>, LoadError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| LoadError::Io { path, source }
+    };
+    let meta = std::fs::metadata(path).map_err(io(path))?;
+    if !meta.is_dir() {
+        let text = std::fs::read_to_string(path).map_err(io(path))?;
+        return Ok(vec![(path.to_path_buf(), text)]);
+    }
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(path).map_err(io(path))? {
+        let entry = entry.map_err(io(path))?;
+        let p = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        // Kubernetes ConfigMap volumes hold `..data` and `..2024_…` entries beside the links.
+        if name.starts_with('.') {
+            continue;
+        }
+        let yaml = matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"));
+        if yaml && std::fs::metadata(&p).map(|m| m.is_file()).unwrap_or(false) {
+            files.push(p);
+        }
+    }
+    files.sort();
+    files
+        .into_iter()
+        .map(|p| {
+            let text = std::fs::read_to_string(&p).map_err(io(&p))?;
+            Ok((p, text))
+        })
+        .collect()
+}
+
+/// Parses and validates configuration text; returns every error found, not just the first.
+pub fn parse_sources(
+    sources: &[(PathBuf, String)],
+    secrets: &dyn Secrets,
+) -> Result<Config, Vec<ConfigError>> {
+    let mut errors = Vec::new();
+    let mut config = Config::default();
+    let mut seen: HashMap<String, (PathBuf, Option<usize>)> = HashMap::new();
+    let mut global_from: HashMap<&'static str, PathBuf> = HashMap::new();
+    let mut tls_cache = tls::ClientCache::default();
+
+    for (file, text) in sources {
+        let mut ctx = Ctx {
+            file,
+            text,
+            errors: &mut errors,
+        };
+        let raw: RawFile = match parse_file(text) {
+            Ok(raw) => raw,
+            Err((line, message)) => {
+                ctx.push(line, None, None, message);
+                continue;
+            }
+        };
+        for (section, present) in [
+            ("network", raw.network.is_some()),
+            ("remote_write", raw.remote_write.is_some()),
+            ("metrics", raw.metrics.is_some()),
+        ] {
+            if !present {
+                continue;
+            }
+            if let Some(first) = global_from.get(section) {
+                let line = ctx.top_level_line(section);
+                ctx.push(
+                    line,
+                    None,
+                    Some(section),
+                    format!("already set in {}; set it in one file only", first.display()),
+                );
+            } else {
+                global_from.insert(section, file.clone());
+            }
+        }
+        if let Some(n) = raw.network {
+            config.network = ctx.network(n);
+        }
+        if let Some(rw) = raw.remote_write {
+            config.remote_write = ctx.remote_write(rw);
+        }
+        if let Some(m) = raw.metrics {
+            config.metrics = ctx.metrics(m);
+        }
+        let defaults = raw.defaults.unwrap_or_default();
+        let default_errors = ctx.errors.len();
+        ctx.check_defaults(&defaults);
+        if ctx.errors.len() > default_errors {
+            // Every site would repeat the same error; report it once.
+            continue;
+        }
+        for (index, value) in raw.sites.unwrap_or_default().into_iter().enumerate() {
+            let Some(site) = ctx.site(index, value, &defaults, secrets, &mut tls_cache) else {
+                continue;
+            };
+            let line = ctx.site_field_line(index, "id");
+            if let Some((first_file, first_line)) = seen.get(&site.key()) {
+                let at = match first_line {
+                    Some(l) => format!("{}:{l}", first_file.display()),
+                    None => first_file.display().to_string(),
+                };
+                ctx.push(
+                    line,
+                    Some(&site.id),
+                    Some("id"),
+                    format!("duplicate site id (first defined at {at})"),
+                );
+                continue;
+            }
+            seen.insert(site.key(), (file.clone(), line));
+            config.sites.push(Arc::new(site));
+        }
+    }
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(errors)
+    }
+}
+
+fn parse_file(text: &str) -> Result<RawFile, (Option<usize>, String)> {
+    if text.trim().is_empty() {
+        return Ok(RawFile::default());
+    }
+    let value: Value = serde_norway::from_str(text)
+        .map_err(|e| (e.location().map(|l| l.line()), e.to_string()))?;
+    if value.is_null() {
+        return Ok(RawFile::default());
+    }
+    let mut track = serde_path_to_error::Track::new();
+    RawFile::deserialize(serde_path_to_error::Deserializer::new(value, &mut track)).map_err(|e| {
+        let path = track.path().to_string();
+        let field = unknown_field(&e.to_string()).unwrap_or(path);
+        let line = line_of_key(text, 0, text.lines().count(), &field);
+        (line, serde_message(&e.to_string(), &field))
+    })
+}
+
+/// Pulls the field name out of serde's "unknown field `x`" message.
+fn unknown_field(message: &str) -> Option<String> {
+    let start = message.find("unknown field `")? + "unknown field `".len();
+    let end = message[start..].find('`')? + start;
+    Some(message[start..end].to_string())
+}
+
+fn serde_message(message: &str, field: &str) -> String {
+    let message = message.replace("invalid type: ", "wrong type: ");
+    if field.is_empty() || field == "." {
+        message
+    } else {
+        format!("{message} (at `{field}`)")
+    }
+}
+
+struct Ctx<'a> {
+    file: &'a Path,
+    text: &'a str,
+    errors: &'a mut Vec<ConfigError>,
+}
+
+impl Ctx<'_> {
+    fn push(
+        &mut self,
+        line: Option<usize>,
+        site: Option<&str>,
+        field: Option<&str>,
+        message: impl Into<String>,
+    ) {
+        self.errors.push(ConfigError {
+            file: self.file.to_path_buf(),
+            line,
+            site: site.map(str::to_string),
+            field: field.map(str::to_string),
+            message: message.into(),
+        });
+    }
+
+    fn lines(&self) -> Vec<&str> {
+        self.text.lines().collect()
+    }
+
+    /// The 1-based line of a top-level key.
+    fn top_level_line(&self, key: &str) -> Option<usize> {
+        let prefix = format!("{key}:");
+        self.lines()
+            .iter()
+            .position(|l| l.starts_with(&prefix))
+            .map(|i| i + 1)
+    }
+
+    /// The 0-based line range of a top-level section.
+    fn section(&self, key: &str) -> Option<(usize, usize)> {
+        let lines = self.lines();
+        let start = self.top_level_line(key)? - 1;
+        let end = (start + 1..lines.len())
+            .find(|&i| {
+                let l = lines[i];
+                !l.is_empty() && !l.starts_with([' ', '\t', '#', '-'])
+            })
+            .unwrap_or(lines.len());
+        Some((start, end))
+    }
+
+    /// The 0-based line range of the `index`-th item of `sites:`.
+    fn site_block(&self, index: usize) -> Option<(usize, usize)> {
+        let (start, end) = self.section("sites")?;
+        let lines = self.lines();
+        let items: Vec<usize> = (start + 1..end)
+            .filter(|&i| lines[i].trim_start().starts_with("- "))
+            .collect();
+        let indent = items
+            .iter()
+            .map(|&i| lines[i].len() - lines[i].trim_start().len())
+            .min()?;
+        let items: Vec<usize> = items
+            .into_iter()
+            .filter(|&i| lines[i].len() - lines[i].trim_start().len() == indent)
+            .collect();
+        let first = *items.get(index)?;
+        let last = items.get(index + 1).copied().unwrap_or(end);
+        Some((first, last))
+    }
+
+    fn site_field_line(&self, index: usize, field: &str) -> Option<usize> {
+        let (start, end) = self.site_block(index)?;
+        line_of_key(self.text, start, end, field)
+    }
+
+    fn defaults_field_line(&self, field: &str) -> Option<usize> {
+        let (start, end) = self.section("defaults")?;
+        line_of_key(self.text, start + 1, end, field)
+    }
+
+    fn network(&mut self, raw: RawNetwork) -> Network {
+        let line = |ctx: &Self, f: &str| {
+            ctx.section("network")
+                .and_then(|(s, e)| line_of_key(ctx.text, s, e, f))
+        };
+        let cidrs = |ctx: &mut Self, field: &str, list: Vec<String>| -> Vec<IpNet> {
+            list.into_iter()
+                .filter_map(|s| match parse_cidr(&s) {
+                    Ok(net) => Some(net),
+                    Err(e) => {
+                        let l = line(ctx, field);
+                        ctx.push(l, None, Some(&format!("network.{field}")), e);
+                        None
+                    }
+                })
+                .collect()
+        };
+        let deny = cidrs(self, "deny", raw.deny);
+        let allow = cidrs(self, "allow", raw.allow);
+        let resolver = match raw.resolver {
+            None => ResolverSetting::System,
+            Some(Value::String(s)) if s == "system" => ResolverSetting::System,
+            Some(Value::Sequence(items)) => {
+                let mut servers = Vec::new();
+                for item in items {
+                    match item.as_str().and_then(|s| parse_name_server(s).ok()) {
+                        Some(addr) => servers.push(addr),
+                        None => {
+                            let l = line(self, "resolver");
+                            self.push(
+                                l,
+                                None,
+                                Some("network.resolver"),
+                                format!(
+                                    "{} is not a name server address (IP or IP:port)",
+                                    value_text(&item)
+                                ),
+                            );
+                        }
+                    }
+                }
+                if servers.is_empty() {
+                    ResolverSetting::System
+                } else {
+                    ResolverSetting::Servers(servers)
+                }
+            }
+            Some(other) => {
+                let l = line(self, "resolver");
+                self.push(
+                    l,
+                    None,
+                    Some("network.resolver"),
+                    format!(
+                        "expected `system` or a list of name servers, got {}",
+                        value_text(&other)
+                    ),
+                );
+                ResolverSetting::System
+            }
+        };
+        Network {
+            deny,
+            allow,
+            ip_version: raw.ip_version,
+            resolver,
+        }
+    }
+
+    fn remote_write(&mut self, raw: Vec<RawRemoteWrite>) -> Vec<RemoteWrite> {
+        raw.into_iter()
+            .filter_map(|rw| match parse_http_url(&rw.url) {
+                Ok(url) => Some(RemoteWrite { url }),
+                Err(e) => {
+                    let line = self
+                        .section("remote_write")
+                        .and_then(|(s, e)| line_of_key(self.text, s, e, "url"));
+                    self.push(line, None, Some("remote_write.url"), e);
+                    None
+                }
+            })
+            .collect()
+    }
+
+    fn metrics(&mut self, raw: RawMetrics) -> MetricsSettings {
+        let mut m = MetricsSettings::default();
+        m.phases = raw.phases.unwrap_or(m.phases);
+        m.histogram = raw.histogram.unwrap_or(m.histogram);
+        if let Some(b) = raw.histogram_buckets {
+            let sorted = b.windows(2).all(|w| w[0] < w[1]);
+            if b.is_empty() || !sorted || b.iter().any(|v| !v.is_finite() || *v <= 0.0) {
+                let line = self
+                    .section("metrics")
+                    .and_then(|(s, e)| line_of_key(self.text, s, e, "histogram_buckets"));
+                self.push(
+                    line,
+                    None,
+                    Some("metrics.histogram_buckets"),
+                    "must be a non-empty list of increasing positive numbers",
+                );
+            } else {
+                m.histogram_buckets = b;
+            }
+        }
+        m
+    }
+
+    fn check_defaults(&mut self, d: &RawDefaults) {
+        let report = |ctx: &mut Self, field: &str, r: Result<(), String>| {
+            if let Err(e) = r {
+                let line = ctx.defaults_field_line(field.rsplit('.').next().unwrap_or(field));
+                ctx.push(line, None, Some(&format!("defaults.{field}")), e);
+            }
+        };
+        if let Some(v) = &d.interval {
+            report(self, "interval", parse_duration(v).map(drop));
+        }
+        if let Some(v) = &d.timeout {
+            report(self, "timeout", parse_duration(v).map(drop));
+        }
+        if let Some(v) = &d.method {
+            report(self, "method", parse_method(v).map(drop));
+        }
+        if let Some(v) = &d.valid_status {
+            report(self, "valid_status", parse_valid_status(v).map(drop));
+        }
+        if let Some(v) = &d.max_body_bytes {
+            report(self, "max_body_bytes", parse_size(v).map(drop));
+        }
+        if let Some(v) = &d.headers {
+            report(self, "headers", parse_headers(v).map(drop));
+        }
+        if let Some(v) = &d.proxy {
+            report(self, "proxy", parse_http_url(v).map(drop));
+        }
+        if let Some(ca) = d.tls.as_ref().and_then(|t| t.ca_file.as_deref()) {
+            report(self, "tls.ca_file", tls::check_ca_file(ca));
+        }
+    }
+
+    fn site(
+        &mut self,
+        index: usize,
+        value: Value,
+        defaults: &RawDefaults,
+        secrets: &dyn Secrets,
+        tls_cache: &mut tls::ClientCache,
+    ) -> Option<Site> {
+        let id_hint = value
+            .get("id")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("#{}", index + 1));
+        let mut track = serde_path_to_error::Track::new();
+        let raw = match RawSite::deserialize(serde_path_to_error::Deserializer::new(
+            value, &mut track,
+        )) {
+            Ok(raw) => raw,
+            Err(e) => {
+                let msg = e.to_string();
+                let field = unknown_field(&msg).unwrap_or_else(|| track.path().to_string());
+                let line = self.site_field_line(index, field.rsplit('.').next().unwrap_or(""));
+                self.push(
+                    line,
+                    Some(&id_hint),
+                    Some(&field),
+                    msg.replace("invalid type: ", "wrong type: "),
+                );
+                return None;
+            }
+        };
+        let before = self.errors.len();
+        let err = |ctx: &mut Self, field: &str, message: String| {
+            let line = ctx.site_field_line(index, field.rsplit('.').next().unwrap_or(field));
+            ctx.push(line, Some(&id_hint), Some(field), message);
+        };
+
+        let id = match raw.id {
+            Some(id) if valid_id(&id) => id,
+            Some(id) => {
+                err(
+                    self,
+                    "id",
+                    format!("{id:?} is not a valid id (letters, digits, `-`, `_`, `.`, `:`)"),
+                );
+                id
+            }
+            None => {
+                err(self, "id", "missing: every site needs a unique id".into());
+                String::new()
+            }
+        };
+        let url = match raw.url.as_deref().map(parse_http_url) {
+            Some(Ok(u)) => Some(u),
+            Some(Err(e)) => {
+                err(self, "url", e);
+                None
+            }
+            None => {
+                err(self, "url", "missing".into());
+                None
+            }
+        };
+        let compile = |ctx: &mut Self, field: &str, src: Option<String>| {
+            src.and_then(|s| match regex::bytes::Regex::new(&s) {
+                Ok(r) => Some(Pattern(r)),
+                Err(e) => {
+                    err(ctx, field, format!("invalid regex: {e}"));
+                    None
+                }
+            })
+        };
+        let regex = compile(self, "regex", raw.regex);
+        let regex_absent = compile(self, "regex_absent", raw.regex_absent);
+
+        if let Some(t) = &raw.tenant {
+            if !valid_id(t) {
+                err(self, "tenant", format!("{t:?} is not a valid tenant name"));
+            }
+        }
+        let mut labels = Vec::new();
+        for (k, v) in raw.labels {
+            if !valid_label_name(&k) {
+                err(self, &format!("labels.{k}"), "not a valid Prometheus label name".into());
+            } else if RESERVED_LABELS.contains(&k.as_str()) {
+                err(self, &format!("labels.{k}"), "reserved: the exporter sets this label".into());
+            } else {
+                labels.push((k, v));
+            }
+        }
+
+        let pick = |site: Option<String>, def: &Option<String>, builtin: &str| {
+            site.or_else(|| def.clone())
+                .unwrap_or_else(|| builtin.to_string())
+        };
+        let interval_s = pick(raw.interval, &defaults.interval, "30s");
+        let timeout_s = pick(raw.timeout, &defaults.timeout, "10s");
+        let method_s = pick(raw.method, &defaults.method, "GET");
+        let interval = parse_duration(&interval_s)
+            .map_err(|e| err(self, "interval", e))
+            .ok();
+        let timeout = parse_duration(&timeout_s)
+            .map_err(|e| err(self, "timeout", e))
+            .ok();
+        if let (Some(i), Some(t)) = (interval, timeout) {
+            if i.is_zero() {
+                err(self, "interval", "must be greater than zero".into());
+            }
+            if t.is_zero() {
+                err(self, "timeout", "must be greater than zero".into());
+            }
+            if t > i {
+                err(
+                    self,
+                    "timeout",
+                    format!("timeout {timeout_s} is longer than interval {interval_s}"),
+                );
+            }
+        }
+        let method = parse_method(&method_s).map_err(|e| err(self, "method", e)).ok();
+        let valid_status = match raw.valid_status.as_ref().or(defaults.valid_status.as_ref()) {
+            Some(v) => parse_valid_status(v)
+                .map_err(|e| err(self, "valid_status", e))
+                .unwrap_or_default(),
+            None => vec![200..=299],
+        };
+        let max_body_bytes = match raw.max_body_bytes.as_ref().or(defaults.max_body_bytes.as_ref()) {
+            Some(v) => parse_size(v)
+                .map_err(|e| err(self, "max_body_bytes", e))
+                .unwrap_or_default(),
+            None => 1024 * 1024,
+        };
+        let mut header_src = defaults.headers.clone().unwrap_or_default();
+        // Site headers replace default headers of the same name, whatever the case.
+        for (k, v) in raw.headers.unwrap_or_default() {
+            header_src.retain(|dk, _| !dk.eq_ignore_ascii_case(&k));
+            header_src.insert(k, v);
+        }
+        let mut headers = parse_headers(&header_src)
+            .map_err(|e| err(self, "headers", e))
+            .unwrap_or_default();
+        if !headers.contains_key(http::header::USER_AGENT) {
+            headers.insert(
+                http::header::USER_AGENT,
+                HeaderValue::from_static(crate::USER_AGENT),
+            );
+        }
+        let proxy = match raw.proxy.as_ref().or(defaults.proxy.as_ref()) {
+            Some(p) => parse_http_url(p).map_err(|e| err(self, "proxy", e)).ok(),
+            None => None,
+        };
+
+        let auth = {
+            let read = |ctx: &mut Self, field: &str, file: Option<PathBuf>, env: Option<String>| -> Option<Secret> {
+                match (file, env) {
+                    (Some(_), Some(_)) => {
+                        err(ctx, field, "set either the _file or the _env form, not both".into());
+                        None
+                    }
+                    (Some(path), None) => match secrets.file(&path) {
+                        Ok(s) => Some(Secret(s.trim_end_matches(['\n', '\r']).to_string())),
+                        Err(e) => {
+                            err(ctx, field, format!("cannot read secret file {}: {e}", path.display()));
+                            None
+                        }
+                    },
+                    (None, Some(name)) => match secrets.env(&name) {
+                        Some(s) => Some(Secret(s)),
+                        None => {
+                            err(ctx, field, format!("environment variable {name} is not set"));
+                            None
+                        }
+                    },
+                    (None, None) => None,
+                }
+            };
+            let basic = raw.basic_auth.map(|b| {
+                let password = read(self, "basic_auth.password_file", b.password_file, b.password_env);
+                (b.username, password)
+            });
+            let bearer = read(self, "bearer_token_file", raw.bearer_token_file, raw.bearer_token_env);
+            match (basic, bearer) {
+                (Some(_), Some(_)) => {
+                    err(self, "bearer_token_file", "set either basic_auth or a bearer token, not both".into());
+                    None
+                }
+                (Some((username, Some(password))), None) => Some(Auth::Basic { username, password }),
+                (Some((username, None)), None) => Some(Auth::Basic {
+                    username,
+                    password: Secret(String::new()),
+                }),
+                (None, Some(token)) => Some(Auth::Bearer(token)),
+                (None, None) => None,
+            }
+        };
+        if let Some(u) = &url {
+            if !u.username().is_empty() || u.password().is_some() {
+                err(
+                    self,
+                    "url",
+                    "credentials in the URL are not allowed: use basic_auth with password_file or password_env".into(),
+                );
+            }
+        }
+
+        let raw_tls = raw.tls.or_else(|| defaults.tls.clone()).unwrap_or_default();
+        let tls_settings = TlsSettings {
+            insecure_skip_verify: raw_tls.insecure_skip_verify,
+            ca_file: raw_tls.ca_file,
+            server_name: raw_tls.server_name,
+        };
+        if let Some(name) = &tls_settings.server_name {
+            if rustls_pki_types::ServerName::try_from(name.as_str()).is_err() {
+                err(self, "tls.server_name", format!("{name:?} is not a valid server name"));
+            }
+        }
+        let tls = match tls_cache.get(&tls_settings) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                err(self, "tls.ca_file", e);
+                None
+            }
+        };
+
+        if self.errors.len() > before {
+            return None;
+        }
+        Some(Site {
+            id,
+            tenant: raw.tenant,
+            url: url?,
+            labels,
+            method: method?,
+            headers,
+            body: raw.body.map(bytes::Bytes::from),
+            auth,
+            tls: tls?,
+            proxy,
+            interval: interval?,
+            timeout: timeout?,
+            valid_status,
+            follow_redirects: raw
+                .follow_redirects
+                .or(defaults.follow_redirects)
+                .unwrap_or(true),
+            max_redirects: raw
+                .max_redirects
+                .or(defaults.max_redirects)
+                .unwrap_or(DEFAULT_MAX_REDIRECTS),
+            max_body_bytes,
+            regex,
+            regex_absent,
+            source: self.file.to_path_buf(),
+        })
+    }
+}
+
+/// The 1-based line, within 0-based lines `[start, end)`, where `key:` is written.
+fn line_of_key(text: &str, start: usize, end: usize, key: &str) -> Option<usize> {
+    if key.is_empty() || key == "." {
+        return None;
+    }
+    let needle = format!("{key}:");
+    text.lines()
+        .enumerate()
+        .skip(start)
+        .take(end.saturating_sub(start))
+        .find(|(_, l)| {
+            l.match_indices(&needle).any(|(i, _)| {
+                i == 0 || matches!(l.as_bytes()[i - 1], b' ' | b'\t' | b'{' | b',' | b'-')
+            })
+        })
+        .map(|(i, _)| i + 1)
+}
+
+fn value_text(v: &Value) -> String {
+    serde_norway::to_string(v)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn valid_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 200
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+}
+
+fn valid_label_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !s.starts_with("__")
+}
+
+/// Parses a humantime duration (`500ms`, `1m30s`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
+fn parse_method(s: &str) -> Result<http::Method, String> {
+    let upper = s.trim().to_ascii_uppercase();
+    http::Method::from_bytes(upper.as_bytes())
+        .ok()
+        .filter(|_| !upper.is_empty() && upper.chars().all(|c| c.is_ascii_uppercase()))
+        .ok_or_else(|| format!("invalid HTTP method {s:?}"))
+}
+
+/// Parses a size: a number of bytes, or with a unit (`512KiB`, `1MiB`, `2MB`).
+pub fn parse_size(v: &Value) -> Result<u64, String> {
+    match v {
+        Value::Number(n) => n
+            .as_u64()
+            .ok_or_else(|| format!("invalid size {n}: must be a whole number of bytes")),
+        Value::String(s) => s
+            .trim()
+            .parse::<bytesize::ByteSize>()
+            .map(|b| b.as_u64())
+            .map_err(|e| format!("invalid size {s:?}: {e}")),
+        other => Err(format!("invalid size {}", value_text(other))),
+    }
+}
+
+/// Parses `valid_status`: codes (`200`), ranges (`200-299`) or classes (`2xx`).
+fn parse_valid_status(items: &[Value]) -> Result<Vec<StatusRange>, String> {
+    let code = |s: &str| -> Result<u16, String> {
+        s.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|c| (100..=599).contains(c))
+            .ok_or_else(|| format!("{s:?} is not a status code (100-599)"))
+    };
+    if items.is_empty() {
+        return Err("must list at least one status code or range".into());
+    }
+    items
+        .iter()
+        .map(|item| match item {
+            Value::Number(n) => {
+                let c = code(&n.to_string())?;
+                Ok(c..=c)
+            }
+            Value::String(s) => {
+                let s = s.trim();
+                if let Some(class) = s.strip_suffix("xx").or_else(|| s.strip_suffix("XX")) {
+                    let d = class
+                        .parse::<u16>()
+                        .ok()
+                        .filter(|d| (1..=5).contains(d))
+                        .ok_or_else(|| format!("{s:?} is not a status class (1xx-5xx)"))?;
+                    return Ok(d * 100..=d * 100 + 99);
+                }
+                match s.split_once('-') {
+                    Some((a, b)) => {
+                        let (a, b) = (code(a)?, code(b)?);
+                        if a > b {
+                            return Err(format!("range {s:?} is empty"));
+                        }
+                        Ok(a..=b)
+                    }
+                    None => {
+                        let c = code(s)?;
+                        Ok(c..=c)
+                    }
+                }
+            }
+            other => Err(format!("{} is not a status code or range", value_text(other))),
+        })
+        .collect()
+}
+
+fn parse_headers(src: &BTreeMap<String, String>) -> Result<HeaderMap, String> {
+    let mut map = HeaderMap::new();
+    for (k, v) in src {
+        let name = HeaderName::from_bytes(k.as_bytes())
+            .map_err(|_| format!("{k:?} is not a valid header name"))?;
+        let value = HeaderValue::from_str(v)
+            .map_err(|_| format!("value of header {k:?} is not a valid header value"))?;
+        map.insert(name, value);
+    }
+    Ok(map)
+}
+
+fn parse_http_url(s: &str) -> Result<Url, String> {
+    let url = Url::parse(s.trim()).map_err(|e| format!("invalid URL {s:?}: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("URL {s:?} must use http or https"));
+    }
+    if url.host().is_none() {
+        return Err(format!("URL {s:?} has no host"));
+    }
+    Ok(url)
+}
+
+fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    s.trim()
+        .parse::<IpNet>()
+        .or_else(|_| s.trim().parse::<std::net::IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{s:?} is not a CIDR range or address"))
+}
+
+fn parse_name_server(s: &str) -> Result<SocketAddr, ()> {
+    s.parse::<SocketAddr>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+        .map_err(drop)
+}
+
+#[cfg(test)]
+mod tests;

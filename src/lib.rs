@@ -1,0 +1,191 @@
+//! sitewatch: a Prometheus-native website availability monitor.
+//!
+//! # Layout
+//! - [`config`]: YAML text -> validated [`config::Config`] (or every error found).
+//! - [`tls`], [`resolve`]: client TLS configs and certificate facts; name resolution and the network policy.
+//! - [`probe`]: one probe of one [`config::Site`] -> [`probe::ProbeResult`].
+//! - [`scheduler`]: one task per site, on its interval, under a global bound on probes in flight.
+//! - [`metrics`]: per-site series from the last [`probe::ProbeResult`], exporter health, `process_*`.
+//! - [`server`]: `/metrics`, `/-/healthy`, `/-/ready`, `/-/reload`.
+//! - [`demo`]: built-in loopback targets for `sitewatch demo`.
+//! - [`cli`]: the command line; `main.rs` only calls it.
+//!
+//! [`run`] is the entry point: it takes a bound listener, the config path and a shutdown
+//! future, so tests run the real exporter on port 0.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod metrics;
+pub mod probe;
+pub mod resolve;
+pub mod scheduler;
+pub mod server;
+pub mod tls;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tracing::{error, info, warn};
+
+use crate::config::{Config, LoadError, SystemSecrets};
+use crate::metrics::Metrics;
+use crate::probe::Prober;
+use crate::scheduler::Scheduler;
+
+/// The `User-Agent` probes send unless a site sets its own.
+pub const USER_AGENT: &str = concat!("sitewatch/", env!("CARGO_PKG_VERSION"));
+
+/// The source revision this binary was built from.
+pub const REVISION: &str = match option_env!("SITEWATCH_REVISION") {
+    Some(r) => r,
+    None => "unknown",
+};
+
+/// Why the exporter could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The first configuration did not load.
+    #[error("{0}")]
+    Config(#[from] LoadError),
+    /// The resolver of the configuration could not be built.
+    #[error("{0}")]
+    Resolver(#[from] resolve::ResolveError),
+}
+
+/// How the exporter runs, besides its listener.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Config file or directory.
+    pub config: PathBuf,
+    /// `location` label on every probe series.
+    pub location: Option<String>,
+    /// Bound on probes in flight.
+    pub max_in_flight: usize,
+    /// How long probes in flight may take to finish at shutdown.
+    pub shutdown_grace: Duration,
+}
+
+impl RunOptions {
+    /// Options with defaults for a config path.
+    pub fn new(config: impl Into<PathBuf>) -> Self {
+        Self {
+            config: config.into(),
+            location: None,
+            max_in_flight: scheduler::DEFAULT_MAX_IN_FLIGHT,
+            shutdown_grace: Duration::from_secs(15),
+        }
+    }
+}
+
+/// The running exporter: what the endpoints and the reload triggers share.
+pub struct App {
+    options: RunOptions,
+    metrics: Arc<Metrics>,
+    scheduler: Scheduler,
+    ready: AtomicBool,
+    /// The configuration running now.
+    current: Mutex<Option<Arc<Config>>>,
+}
+
+impl App {
+    fn new(options: RunOptions) -> Result<Self, RunError> {
+        let metrics = Arc::new(Metrics::new(options.location.clone()));
+        let prober = Prober::new(&config::Network::default())?;
+        let scheduler = Scheduler::new(metrics.clone(), prober, options.max_in_flight);
+        Ok(Self {
+            options,
+            metrics,
+            scheduler,
+            ready: AtomicBool::new(false),
+            current: Mutex::new(None),
+        })
+    }
+
+    /// Whether a configuration has been loaded.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Loads the configuration again and applies it; a bad one leaves the running one in place.
+    /// Returns the number of sites.
+    pub fn reload(&self) -> Result<usize, RunError> {
+        let loaded = config::load_path(&self.options.config, &SystemSecrets)
+            .map_err(RunError::from)
+            .and_then(|c| Ok((Prober::new(&c.network)?, c)));
+        match loaded {
+            Ok((prober, config)) => {
+                let n = config.sites.len();
+                let mut current = self.current.lock().expect("config lock");
+                if current.as_deref() != Some(&config) {
+                    self.scheduler.apply(&config, prober);
+                    *current = Some(Arc::new(config));
+                }
+                self.metrics.health.reloaded(true);
+                self.ready.store(true, Ordering::Release);
+                info!(config = %self.options.config.display(), sites = n, "configuration loaded");
+                Ok(n)
+            }
+            Err(e) => {
+                self.metrics.health.reloaded(false);
+                for line in e.to_string().lines() {
+                    error!(config = %self.options.config.display(), "{line}");
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Runs the exporter on `listener` until `shutdown` resolves, then drains probes in flight.
+pub async fn run(
+    listener: TcpListener,
+    options: RunOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    let grace = options.shutdown_grace;
+    let app = Arc::new(App::new(options)?);
+    app.reload()?;
+    if let Ok(addr) = listener.local_addr() {
+        info!(address = %addr, "listening");
+    }
+    let reloader = spawn_sighup_reloader(app.clone());
+    server::serve(listener, app.clone(), shutdown).await;
+    reloader.abort();
+    info!("shutting down: no new probes, waiting for probes in flight");
+    if !app.scheduler.shutdown(grace).await {
+        warn!(grace = ?grace, "probes still in flight at the end of the grace period were dropped");
+    }
+    Ok(())
+}
+
+fn spawn_sighup_reloader(app: Arc<App>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            let app = app.clone();
+            let _ = tokio::task::spawn_blocking(move || app.reload()).await;
+        }
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    info!("shutdown signal received");
+}

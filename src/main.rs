@@ -1,0 +1,5 @@
+//! The `sitewatch` binary: everything lives in the library.
+
+fn main() -> std::process::ExitCode {
+    sitewatch::cli::main()
+}

@@ -1,0 +1,535 @@
+//! Metrics: per-site series computed at scrape time from each site's last [`ProbeResult`],
+//! exporter health metrics, and the standard `process_*` metrics.
+//!
+//! Per-site series live in one table keyed by site key. Removing a site from the table removes
+//! every one of its series at once, and a scrape encodes the table in one pass, so memory and
+//! scrape cost grow with the number of sites, not with a hash map per metric.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
+
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, LabelSetEncoder, NoLabelSet,
+};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::config::{MetricsSettings, Site};
+use crate::probe::{ProbeResult, ResultClass};
+
+/// Content type of the Prometheus text format.
+pub const PROMETHEUS_CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+/// Content type of the OpenMetrics text format.
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Buckets of `sitewatch_schedule_lag_seconds`.
+const LAG_BUCKETS: [f64; 10] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0];
+
+/// The labels every series of a site carries: `site`, `url`, `tenant`, `location`, then its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SiteLabels(Vec<(String, String)>);
+
+impl EncodeLabelSet for SiteLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        self.0.as_slice().encode(encoder)
+    }
+}
+
+impl EncodeLabelSet for &SiteLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        self.0.as_slice().encode(encoder)
+    }
+}
+
+/// One site's measurements between scrapes.
+#[derive(Debug, Clone)]
+struct SiteState {
+    last: Option<ProbeResult>,
+    /// Probes per [`ResultClass`], by [`ResultClass::index`].
+    counts: [u64; ResultClass::ALL.len()],
+    /// Per-bucket (not cumulative) counts; the last one is `+Inf`.
+    buckets: Vec<u64>,
+    sum: f64,
+    finished_at: Option<SystemTime>,
+}
+
+#[derive(Debug)]
+struct SiteSeries {
+    labels: SiteLabels,
+    state: Mutex<SiteState>,
+}
+
+/// The per-site series of every site this exporter probes.
+#[derive(Debug)]
+pub struct SiteTable {
+    sites: RwLock<BTreeMap<String, Arc<SiteSeries>>>,
+    settings: RwLock<MetricsSettings>,
+    location: Option<String>,
+}
+
+impl SiteTable {
+    fn new(location: Option<String>) -> Self {
+        Self {
+            sites: RwLock::default(),
+            settings: RwLock::default(),
+            location,
+        }
+    }
+
+    fn labels_for(&self, site: &Site) -> SiteLabels {
+        let mut labels = vec![
+            ("site".to_string(), site.id.clone()),
+            ("url".to_string(), site.url.to_string()),
+        ];
+        if let Some(t) = &site.tenant {
+            labels.push(("tenant".into(), t.clone()));
+        }
+        if let Some(l) = &self.location {
+            labels.push(("location".into(), l.clone()));
+        }
+        labels.extend(site.labels.iter().cloned());
+        SiteLabels(labels)
+    }
+
+    /// Replaces the optional-series settings (the histogram resets when its buckets change).
+    pub fn set_settings(&self, settings: &MetricsSettings) {
+        let mut current = self.settings.write().expect("settings lock");
+        if current.histogram_buckets != settings.histogram_buckets {
+            for s in self.sites.read().expect("sites lock").values() {
+                let mut st = s.state.lock().expect("site lock");
+                st.buckets = vec![0; settings.histogram_buckets.len() + 1];
+                st.sum = 0.0;
+            }
+        }
+        *current = settings.clone();
+    }
+
+    /// Starts exporting a site (or keeps its series if its labels did not change).
+    pub fn insert(&self, site: &Site) {
+        let labels = self.labels_for(site);
+        let key = site.key();
+        let mut sites = self.sites.write().expect("sites lock");
+        if sites.get(&key).is_some_and(|s| s.labels == labels) {
+            return;
+        }
+        let buckets = self
+            .settings
+            .read()
+            .expect("settings lock")
+            .histogram_buckets
+            .len()
+            + 1;
+        let state = SiteState {
+            last: None,
+            counts: [0; ResultClass::ALL.len()],
+            buckets: vec![0; buckets],
+            sum: 0.0,
+            finished_at: None,
+        };
+        sites.insert(
+            key,
+            Arc::new(SiteSeries {
+                labels,
+                state: Mutex::new(state),
+            }),
+        );
+    }
+
+    /// Stops exporting a site: all its series disappear from the next scrape.
+    pub fn remove(&self, key: &str) {
+        self.sites.write().expect("sites lock").remove(key);
+    }
+
+    /// Records a finished probe.
+    pub fn record(&self, key: &str, result: &ProbeResult) {
+        let Some(series) = self.sites.read().expect("sites lock").get(key).cloned() else {
+            return;
+        };
+        let bounds = self.settings.read().expect("settings lock").histogram_buckets.clone();
+        let secs = result.duration.as_secs_f64();
+        let mut st = series.state.lock().expect("site lock");
+        st.counts[result.class.index()] += 1;
+        let i = bounds.iter().position(|b| secs <= *b).unwrap_or(bounds.len());
+        if let Some(b) = st.buckets.get_mut(i) {
+            *b += 1;
+        }
+        st.sum += secs;
+        st.finished_at = Some(result.started_at + result.duration);
+        st.last = Some(result.clone());
+    }
+
+    /// The last result of a site, if it has been probed.
+    pub fn last(&self, key: &str) -> Option<ProbeResult> {
+        let series = self.sites.read().expect("sites lock").get(key).cloned()?;
+        let st = series.state.lock().expect("site lock");
+        st.last.clone()
+    }
+
+    /// Number of sites exported.
+    pub fn len(&self) -> usize {
+        self.sites.read().expect("sites lock").len()
+    }
+
+    /// Whether no site is exported.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn unix(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+type Snapshot = Vec<(Arc<SiteSeries>, SiteState)>;
+
+/// Encodes one gauge family over every site that has a value for it; returns the series count.
+fn gauge_family(
+    encoder: &mut DescriptorEncoder,
+    snapshot: &Snapshot,
+    name: &str,
+    help: &str,
+    value: impl Fn(&SiteState) -> Option<f64>,
+) -> Result<usize, std::fmt::Error> {
+    let mut values = snapshot
+        .iter()
+        .filter_map(|(s, st)| value(st).map(|v| (s, v)))
+        .peekable();
+    if values.peek().is_none() {
+        return Ok(0);
+    }
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    let mut n = 0;
+    for (s, v) in values {
+        family.encode_family(&s.labels)?.encode_gauge(&v)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+impl prometheus_client::collector::Collector for SiteTable {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let settings = self.settings.read().expect("settings lock").clone();
+        let snapshot: Snapshot = self
+            .sites
+            .read()
+            .expect("sites lock")
+            .values()
+            .map(|s| (s.clone(), s.state.lock().expect("site lock").clone()))
+            .collect();
+        let last = |st: &SiteState| st.last.clone();
+        let mut series = 0usize;
+        let e = &mut encoder;
+        let s = &snapshot;
+        let b = |v: bool| if v { 1.0 } else { 0.0 };
+
+        series += gauge_family(e, s, "probe_success", "Whether the last probe passed every check.", |st| {
+            last(st).map(|r| b(r.success()))
+        })?;
+        series += gauge_family(e, s, "probe_duration_seconds", "Wall time of the last probe in seconds.", |st| {
+            last(st).map(|r| r.duration.as_secs_f64())
+        })?;
+        if settings.phases {
+            let with_last: Vec<_> = s.iter().filter(|(_, st)| st.last.is_some()).collect();
+            if !with_last.is_empty() {
+                let mut family = e.encode_descriptor(
+                    "probe_http_duration_seconds",
+                    "Duration of each phase of the last probe's HTTP requests in seconds.",
+                    None,
+                    MetricType::Gauge,
+                )?;
+                for (site, st) in with_last {
+                    let r = st.last.as_ref().expect("filtered");
+                    for (phase, d) in r.phases.labeled() {
+                        let labels = (&site.labels, [("phase", phase)]);
+                        family.encode_family(&labels)?.encode_gauge(&d.as_secs_f64())?;
+                        series += 1;
+                    }
+                }
+            }
+        }
+        series += gauge_family(e, s, "probe_http_status_code", "Final status code of the last probe, 0 if none.", |st| {
+            last(st).map(|r| f64::from(r.status_code))
+        })?;
+        series += gauge_family(e, s, "probe_http_content_length", "Body bytes read by the last probe.", |st| {
+            last(st).map(|r| r.content_length as f64)
+        })?;
+        series += gauge_family(e, s, "probe_http_redirects", "Redirects followed by the last probe.", |st| {
+            last(st).map(|r| f64::from(r.redirects))
+        })?;
+        series += gauge_family(e, s, "probe_http_ssl", "Whether the last probe's final URL used TLS.", |st| {
+            last(st).map(|r| b(r.ssl))
+        })?;
+        series += gauge_family(e, s, "probe_http_version", "HTTP version of the last probe's final response.", |st| {
+            last(st).map(|r| r.http_version)
+        })?;
+        series += gauge_family(
+            e,
+            s,
+            "probe_ssl_earliest_cert_expiry",
+            "Unix time in seconds when the first certificate of the last presented chain expires.",
+            |st| last(st).and_then(|r| r.cert_expiry).map(|t| t as f64),
+        )?;
+        series += gauge_family(e, s, "probe_failed_due_to_regex", "Whether a regex check of the last probe failed.", |st| {
+            last(st).map(|r| b(r.failed_due_to_regex))
+        })?;
+        series += gauge_family(e, s, "probe_dns_lookup_time_seconds", "DNS lookup time of the last probe in seconds.", |st| {
+            last(st).map(|r| r.phases.resolve.as_secs_f64())
+        })?;
+
+        if settings.histogram && !s.is_empty() {
+            let mut family = e.encode_descriptor(
+                "sitewatch_probe_duration_seconds",
+                "Duration of every probe in seconds.",
+                None,
+                MetricType::Histogram,
+            )?;
+            for (site, st) in s {
+                let count: u64 = st.buckets.iter().sum();
+                let buckets: Vec<(f64, u64)> = settings
+                    .histogram_buckets
+                    .iter()
+                    .copied()
+                    .chain([f64::INFINITY])
+                    .zip(st.buckets.iter().copied())
+                    .collect();
+                family
+                    .encode_family(&site.labels)?
+                    .encode_histogram::<NoLabelSet>(st.sum, count, &buckets, None)?;
+                series += buckets.len() + 2;
+            }
+        }
+        if !s.is_empty() {
+            let mut family = e.encode_descriptor(
+                "sitewatch_probes",
+                "Probes by result class. Classes that never happened are left out, except success.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (site, st) in s {
+                for class in ResultClass::ALL {
+                    let n = st.counts[class.index()];
+                    if n == 0 && class != ResultClass::Success {
+                        continue;
+                    }
+                    let labels = (&site.labels, [("result", class.as_str())]);
+                    family
+                        .encode_family(&labels)?
+                        .encode_counter::<NoLabelSet, u64, f64>(&n, None)?;
+                    series += 1;
+                }
+            }
+        }
+        series += gauge_family(
+            e,
+            s,
+            "sitewatch_probe_last_timestamp_seconds",
+            "Unix time in seconds when the last probe finished.",
+            |st| st.finished_at.map(unix),
+        )?;
+
+        e.encode_descriptor(
+            "sitewatch_series",
+            "Per-site series in this scrape: what the sites cost downstream.",
+            None,
+            MetricType::Gauge,
+        )?
+        .encode_gauge(&(series as u64))?;
+        Ok(())
+    }
+}
+
+/// Labels of `sitewatch_config_reloads_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// `success` or `failure`.
+    pub result: &'static str,
+}
+
+/// Labels of `sitewatch_build_info`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+    revision: &'static str,
+}
+
+/// Exporter health metrics, updated by the scheduler and the config loader.
+#[derive(Debug, Clone)]
+pub struct Health {
+    /// `sitewatch_sites`.
+    pub sites: Gauge,
+    /// `sitewatch_probes_in_flight`.
+    pub in_flight: Gauge,
+    /// `sitewatch_schedule_lag_seconds`.
+    pub schedule_lag: Histogram,
+    /// `sitewatch_probes_skipped_total`.
+    pub skipped: Counter,
+    /// `sitewatch_config_last_reload_successful`.
+    pub reload_ok: Gauge,
+    /// `sitewatch_config_last_reload_success_timestamp_seconds`.
+    pub reload_timestamp: Gauge<f64, AtomicU64>,
+    /// `sitewatch_config_reloads_total{result}`.
+    pub reloads: Family<ReloadLabels, Counter>,
+}
+
+impl Health {
+    /// Records the outcome of a configuration load.
+    pub fn reloaded(&self, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.reloads.get_or_create(&ReloadLabels { result }).inc();
+        self.reload_ok.set(i64::from(ok));
+        if ok {
+            self.reload_timestamp.set(unix(SystemTime::now()));
+        }
+    }
+}
+
+/// The `process_*` metrics of the running process, read from `/proc` at scrape time.
+#[derive(Debug, Default)]
+struct ProcessCollector;
+
+impl prometheus_client::collector::Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Ok(me) = procfs::process::Process::myself() else {
+            return Ok(());
+        };
+        let Ok(stat) = me.stat() else {
+            return Ok(());
+        };
+        let tps = procfs::ticks_per_second() as f64;
+        let page = procfs::page_size();
+        let mut gauge = |name: &str, help: &str, v: f64| -> Result<(), std::fmt::Error> {
+            encoder
+                .encode_descriptor(name, help, None, MetricType::Gauge)?
+                .encode_gauge(&v)
+        };
+        gauge(
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes.",
+            (stat.rss * page) as f64,
+        )?;
+        gauge(
+            "process_virtual_memory_bytes",
+            "Virtual memory size in bytes.",
+            stat.vsize as f64,
+        )?;
+        gauge("process_threads", "Number of OS threads in the process.", stat.num_threads as f64)?;
+        if let Ok(boot) = procfs::boot_time_secs() {
+            gauge(
+                "process_start_time_seconds",
+                "Start time of the process since unix epoch in seconds.",
+                boot as f64 + stat.starttime as f64 / tps,
+            )?;
+        }
+        if let Ok(fds) = me.fd_count() {
+            gauge("process_open_fds", "Number of open file descriptors.", fds as f64)?;
+        }
+        if let Ok(limits) = me.limits() {
+            if let procfs::process::LimitValue::Value(v) = limits.max_open_files.soft_limit {
+                gauge("process_max_fds", "Maximum number of open file descriptors.", v as f64)?;
+            }
+        }
+        encoder
+            .encode_descriptor(
+                "process_cpu_seconds",
+                "Total user and system CPU time spent in seconds.",
+                None,
+                MetricType::Counter,
+            )?
+            .encode_counter::<NoLabelSet, f64, f64>(&((stat.utime + stat.stime) as f64 / tps), None)
+    }
+}
+
+/// The registry and the handles that feed it.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Per-site series.
+    pub sites: Arc<SiteTable>,
+    /// Exporter health.
+    pub health: Health,
+}
+
+impl Metrics {
+    /// A registry with every metric of the exporter; `location` labels every probe series.
+    pub fn new(location: Option<String>) -> Self {
+        let mut registry = Registry::default();
+        let build = Family::<BuildLabels, Gauge>::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                revision: crate::REVISION,
+            })
+            .set(1);
+        registry.register("sitewatch_build_info", "Build information; always 1.", build);
+        let health = Health {
+            sites: Gauge::default(),
+            in_flight: Gauge::default(),
+            schedule_lag: Histogram::new(LAG_BUCKETS),
+            skipped: Counter::default(),
+            reload_ok: Gauge::default(),
+            reload_timestamp: Gauge::default(),
+            reloads: Family::default(),
+        };
+        registry.register("sitewatch_sites", "Sites probed by this exporter.", health.sites.clone());
+        registry.register(
+            "sitewatch_probes_in_flight",
+            "Probes running now.",
+            health.in_flight.clone(),
+        );
+        registry.register(
+            "sitewatch_schedule_lag_seconds",
+            "How late probes started after they were due, in seconds.",
+            health.schedule_lag.clone(),
+        );
+        registry.register(
+            "sitewatch_probes_skipped",
+            "Probes not started because the site's previous probe was still running or the exporter was overloaded.",
+            health.skipped.clone(),
+        );
+        registry.register(
+            "sitewatch_config_last_reload_successful",
+            "Whether the last configuration load succeeded.",
+            health.reload_ok.clone(),
+        );
+        registry.register(
+            "sitewatch_config_last_reload_success_timestamp_seconds",
+            "Unix time in seconds of the last successful configuration load.",
+            health.reload_timestamp.clone(),
+        );
+        registry.register(
+            "sitewatch_config_reloads",
+            "Configuration loads by result.",
+            health.reloads.clone(),
+        );
+        let sites = Arc::new(SiteTable::new(location));
+        registry.register_collector(Box::new(sites.clone()));
+        registry.register_collector(Box::new(ProcessCollector));
+        Self {
+            registry,
+            sites,
+            health,
+        }
+    }
+
+    /// The whole exposition, in OpenMetrics or Prometheus text format.
+    pub fn encode(&self, openmetrics: bool) -> String {
+        let mut out = String::with_capacity(4096 + self.sites.len() * 2048);
+        let written = if openmetrics {
+            prometheus_client::encoding::text::encode(&mut out, &self.registry)
+        } else {
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+        };
+        // Writing to a String cannot fail; an error here is a bug in a collector.
+        written.expect("encoding metrics into a String");
+        out
+    }
+}

@@ -1,0 +1,659 @@
+//! One probe of one site: a fresh connection per probe, every phase timed, every failure classified.
+//!
+//! The flow of a probe is `resolve -> policy check -> connect -> (proxy CONNECT) -> TLS ->
+//! request -> response headers -> body`, repeated for each redirect hop. Phase times add up
+//! over hops, as blackbox_exporter reports them.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::header::{HeaderValue, AUTHORIZATION, HOST, LOCATION};
+use http::{Method, Request, Response, Version};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use url::{Host, Url};
+
+use crate::config::{Auth, Network, Site};
+use crate::resolve::{Policy, ResolveError, Resolver};
+use crate::tls;
+
+/// The class of a probe's outcome: the `result` label of `sitewatch_probes_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResultClass {
+    /// Every check passed.
+    Success,
+    /// The name did not resolve.
+    DnsError,
+    /// The TCP connection failed.
+    ConnectError,
+    /// The TLS handshake failed (including certificate verification).
+    TlsError,
+    /// The probe ran past its timeout.
+    Timeout,
+    /// The final status code is not in `valid_status`.
+    HttpStatus,
+    /// `regex` did not match or `regex_absent` did.
+    Regex,
+    /// The body was longer than `max_body_bytes`.
+    BodyTooLarge,
+    /// The network policy forbade the address.
+    Denied,
+    /// Anything else: protocol errors, redirect loops, bad redirects.
+    Error,
+}
+
+impl ResultClass {
+    /// Every class, in label order.
+    pub const ALL: [ResultClass; 10] = [
+        ResultClass::Success,
+        ResultClass::DnsError,
+        ResultClass::ConnectError,
+        ResultClass::TlsError,
+        ResultClass::Timeout,
+        ResultClass::HttpStatus,
+        ResultClass::Regex,
+        ResultClass::BodyTooLarge,
+        ResultClass::Denied,
+        ResultClass::Error,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResultClass::Success => "success",
+            ResultClass::DnsError => "dns_error",
+            ResultClass::ConnectError => "connect_error",
+            ResultClass::TlsError => "tls_error",
+            ResultClass::Timeout => "timeout",
+            ResultClass::HttpStatus => "http_status",
+            ResultClass::Regex => "regex",
+            ResultClass::BodyTooLarge => "body_too_large",
+            ResultClass::Denied => "denied",
+            ResultClass::Error => "error",
+        }
+    }
+
+    /// Position in [`ResultClass::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for ResultClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Time spent in each phase, summed over redirect hops.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Phases {
+    /// Name resolution.
+    pub resolve: Duration,
+    /// TCP connect (and proxy CONNECT).
+    pub connect: Duration,
+    /// TLS handshake.
+    pub tls: Duration,
+    /// Request sent until response headers arrived.
+    pub processing: Duration,
+    /// Response body read.
+    pub transfer: Duration,
+}
+
+impl Phases {
+    /// `(phase label, duration)` pairs in a fixed order.
+    pub fn labeled(&self) -> [(&'static str, Duration); 5] {
+        [
+            ("resolve", self.resolve),
+            ("connect", self.connect),
+            ("tls", self.tls),
+            ("processing", self.processing),
+            ("transfer", self.transfer),
+        ]
+    }
+}
+
+/// Everything one probe measured: the type that flows from the prober to metrics and the result stream.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProbeResult {
+    /// When the probe started (wall clock).
+    #[serde(with = "unix_seconds")]
+    pub started_at: SystemTime,
+    /// Wall time of the whole probe.
+    pub duration: Duration,
+    /// The outcome class.
+    pub class: ResultClass,
+    /// What went wrong, in words; `None` on success.
+    pub error: Option<String>,
+    /// Phase times.
+    pub phases: Phases,
+    /// Final status code, 0 if none.
+    pub status_code: u16,
+    /// Body bytes read from the final response.
+    pub content_length: u64,
+    /// Redirects followed.
+    pub redirects: u32,
+    /// Whether the final URL used TLS.
+    pub ssl: bool,
+    /// HTTP version of the final response (1.0, 1.1, 2), 0 if none.
+    pub http_version: f64,
+    /// Earliest certificate expiry of the last TLS chain seen, unix seconds.
+    pub cert_expiry: Option<i64>,
+    /// Whether `regex` or `regex_absent` failed.
+    pub failed_due_to_regex: bool,
+    /// The address connected to last.
+    pub address: Option<IpAddr>,
+}
+
+impl ProbeResult {
+    /// Whether every check passed.
+    pub fn success(&self) -> bool {
+        self.class == ResultClass::Success
+    }
+}
+
+mod unix_seconds {
+    use std::time::SystemTime;
+
+    pub fn serialize<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        let secs = t
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        s.serialize_f64(secs)
+    }
+}
+
+/// What every probe shares: the resolver and the network policy of the current configuration.
+#[derive(Debug, Clone)]
+pub struct Prober {
+    resolver: Resolver,
+    policy: Policy,
+    network: Network,
+}
+
+/// A failed step: its class and a message.
+#[derive(Debug)]
+struct Failure {
+    class: ResultClass,
+    message: String,
+}
+
+impl Failure {
+    fn new(class: ResultClass, message: impl Into<String>) -> Self {
+        Self {
+            class,
+            message: message.into(),
+        }
+    }
+}
+
+/// What a probe has measured so far; survives a timeout that drops the probe's future.
+#[derive(Debug, Default)]
+struct Trace {
+    stage: &'static str,
+    phases: Phases,
+    status_code: u16,
+    content_length: u64,
+    redirects: u32,
+    ssl: bool,
+    http_version: f64,
+    cert_expiry: Option<i64>,
+    failed_due_to_regex: bool,
+    address: Option<IpAddr>,
+}
+
+/// Aborts the connection task when the probe is done with it (or is dropped by its timeout).
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+impl Prober {
+    /// A prober for a configuration's `network` section.
+    pub fn new(network: &Network) -> Result<Self, ResolveError> {
+        Ok(Self {
+            resolver: Resolver::new(network)?,
+            policy: Policy::new(network),
+            network: network.clone(),
+        })
+    }
+
+    /// Probes a site once, within its timeout. Never panics, never returns an error: every
+    /// failure is a classified [`ProbeResult`].
+    pub async fn probe(&self, site: &Site) -> ProbeResult {
+        let started_at = SystemTime::now();
+        let start = Instant::now();
+        let mut trace = Trace {
+            stage: "start",
+            ..Trace::default()
+        };
+        let outcome = tokio::time::timeout(site.timeout, self.run(site, &mut trace)).await;
+        let duration = start.elapsed();
+        let (class, error) = match outcome {
+            Ok(Ok(())) => (ResultClass::Success, None),
+            Ok(Err(f)) => (f.class, Some(f.message)),
+            Err(_) => (
+                ResultClass::Timeout,
+                Some(format!(
+                    "timed out after {} during {}",
+                    humantime::format_duration(site.timeout),
+                    trace.stage
+                )),
+            ),
+        };
+        ProbeResult {
+            started_at,
+            duration,
+            class,
+            error,
+            phases: trace.phases,
+            status_code: trace.status_code,
+            content_length: trace.content_length,
+            redirects: trace.redirects,
+            ssl: trace.ssl,
+            http_version: trace.http_version,
+            cert_expiry: trace.cert_expiry,
+            failed_due_to_regex: trace.failed_due_to_regex,
+            address: trace.address,
+        }
+    }
+
+    async fn run(&self, site: &Site, t: &mut Trace) -> Result<(), Failure> {
+        let mut url = site.url.clone();
+        let mut method = site.method.clone();
+        let mut body = site.body.clone();
+        let mut send_auth = true;
+        let mut visited = HashSet::from([url.to_string()]);
+        loop {
+            let (response, _conn) = self.hop(site, &url, &method, &body, send_auth, t).await?;
+            let status = response.status();
+            t.status_code = status.as_u16();
+            t.ssl = url.scheme() == "https";
+            t.http_version = match response.version() {
+                Version::HTTP_09 => 0.9,
+                Version::HTTP_10 => 1.0,
+                Version::HTTP_2 => 2.0,
+                Version::HTTP_3 => 3.0,
+                _ => 1.1,
+            };
+            let location = response.headers().get(LOCATION).cloned();
+            if site.follow_redirects && status.is_redirection() {
+                if let Some(location) = location {
+                    let next = redirect_target(&url, &location)?;
+                    if t.redirects >= site.max_redirects {
+                        return Err(Failure::new(
+                            ResultClass::Error,
+                            format!("too many redirects (limit {})", site.max_redirects),
+                        ));
+                    }
+                    if !visited.insert(next.to_string()) {
+                        return Err(Failure::new(
+                            ResultClass::Error,
+                            format!("redirect loop: {next} was already visited"),
+                        ));
+                    }
+                    t.redirects += 1;
+                    // Credentials go only to the origin they were configured for.
+                    send_auth &= next.origin() == site.url.origin();
+                    if status == http::StatusCode::SEE_OTHER
+                        || (matches!(status.as_u16(), 301 | 302) && method == Method::POST)
+                    {
+                        method = Method::GET;
+                        body = None;
+                    }
+                    url = next;
+                    continue;
+                }
+            }
+            return self.check_final(site, response, t).await;
+        }
+    }
+
+    async fn check_final(
+        &self,
+        site: &Site,
+        response: Response<Incoming>,
+        t: &mut Trace,
+    ) -> Result<(), Failure> {
+        t.stage = "transfer";
+        let start = Instant::now();
+        let keep = site.regex.is_some() || site.regex_absent.is_some();
+        let mut buf = Vec::new();
+        let mut too_large = false;
+        let mut incoming = response.into_body();
+        let read = loop {
+            match incoming.frame().await {
+                None => break Ok(()),
+                Some(Err(e)) => break Err(e),
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        t.content_length += data.len() as u64;
+                        if t.content_length > site.max_body_bytes {
+                            too_large = true;
+                            break Ok(());
+                        }
+                        if keep {
+                            buf.extend_from_slice(&data);
+                        }
+                    }
+                }
+            }
+        };
+        t.phases.transfer += start.elapsed();
+        if let Err(e) = read {
+            return Err(Failure::new(
+                ResultClass::Error,
+                format!("reading the body failed: {}", error_chain(&e)),
+            ));
+        }
+        let status = t.status_code;
+        if !site.valid_status.iter().any(|r| r.contains(&status)) {
+            let ranges: Vec<String> = site
+                .valid_status
+                .iter()
+                .map(|r| {
+                    if r.start() == r.end() {
+                        r.start().to_string()
+                    } else {
+                        format!("{}-{}", r.start(), r.end())
+                    }
+                })
+                .collect();
+            return Err(Failure::new(
+                ResultClass::HttpStatus,
+                format!("status {status} is not in valid_status [{}]", ranges.join(", ")),
+            ));
+        }
+        if too_large {
+            return Err(Failure::new(
+                ResultClass::BodyTooLarge,
+                format!("body is larger than max_body_bytes ({} bytes)", site.max_body_bytes),
+            ));
+        }
+        if let Some(re) = &site.regex {
+            if !re.0.is_match(&buf) {
+                t.failed_due_to_regex = true;
+                return Err(Failure::new(
+                    ResultClass::Regex,
+                    format!("body does not match regex {:?}", re.0.as_str()),
+                ));
+            }
+        }
+        if let Some(re) = &site.regex_absent {
+            if re.0.is_match(&buf) {
+                t.failed_due_to_regex = true;
+                return Err(Failure::new(
+                    ResultClass::Regex,
+                    format!("body matches regex_absent {:?}", re.0.as_str()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// One request on a fresh connection; returns the response with its body unread.
+    async fn hop(
+        &self,
+        site: &Site,
+        url: &Url,
+        method: &Method,
+        body: &Option<Bytes>,
+        send_auth: bool,
+        t: &mut Trace,
+    ) -> Result<(Response<Incoming>, AbortOnDrop), Failure> {
+        let https = url.scheme() == "https";
+        let port = url.port_or_known_default().unwrap_or(80);
+        let (connect_url, connect_port) = match &site.proxy {
+            Some(p) => (p, p.port_or_known_default().unwrap_or(3128)),
+            None => (url, port),
+        };
+        let ip = self.resolve(connect_url, t).await?;
+        self.policy
+            .check(ip)
+            .map_err(|m| Failure::new(ResultClass::Denied, m))?;
+
+        t.stage = "connect";
+        let start = Instant::now();
+        let mut tcp = TcpStream::connect((ip, connect_port))
+            .await
+            .map_err(|e| {
+                Failure::new(
+                    ResultClass::ConnectError,
+                    format!("connect to {} failed: {e}", fmt_addr(ip, connect_port)),
+                )
+            })?;
+        let _ = tcp.set_nodelay(true);
+        let tunnel = site.proxy.is_some() && https;
+        if tunnel {
+            connect_tunnel(&mut tcp, url, port).await?;
+        }
+        t.phases.connect += start.elapsed();
+
+        let host = url.host_str().unwrap_or_default();
+        let (io, h2): (Box<dyn IoBox>, bool) = if https {
+            t.stage = "tls";
+            let start = Instant::now();
+            let name = site.tls.server_name.as_deref().unwrap_or(host);
+            let name = name.trim_start_matches('[').trim_end_matches(']');
+            let server_name = rustls_pki_types::ServerName::try_from(name.to_string())
+                .map_err(|e| Failure::new(ResultClass::TlsError, format!("bad server name {name:?}: {e}")))?;
+            let connector = tokio_rustls::TlsConnector::from(site.tls.config.clone());
+            let stream = connector.connect(server_name, tcp).await.map_err(|e| {
+                Failure::new(ResultClass::TlsError, format!("TLS handshake failed: {}", error_chain(&e)))
+            })?;
+            t.phases.tls += start.elapsed();
+            let session = stream.get_ref().1;
+            if let Some(chain) = session.peer_certificates() {
+                t.cert_expiry = tls::earliest_expiry(chain);
+            }
+            let h2 = session.alpn_protocol() == Some(b"h2");
+            (Box::new(stream), h2)
+        } else {
+            (Box::new(tcp), false)
+        };
+
+        let request = build_request(site, url, method, body, send_auth, h2, site.proxy.is_some() && !https)?;
+        t.stage = "processing";
+        let start = Instant::now();
+        let (response, conn) = exchange(io, h2, request).await.map_err(|e| {
+            Failure::new(ResultClass::Error, format!("HTTP request failed: {}", error_chain(&e)))
+        })?;
+        t.phases.processing += start.elapsed();
+        Ok((response, conn))
+    }
+
+    async fn resolve(&self, url: &Url, t: &mut Trace) -> Result<IpAddr, Failure> {
+        t.stage = "resolve";
+        let ip = match url.host() {
+            Some(Host::Ipv4(ip)) => IpAddr::V4(ip),
+            Some(Host::Ipv6(ip)) => IpAddr::V6(ip),
+            Some(Host::Domain(name)) => {
+                let start = Instant::now();
+                let found = self.resolver.lookup(name, self.network.ip_version).await;
+                t.phases.resolve += start.elapsed();
+                found.map_err(|e| Failure::new(ResultClass::DnsError, e.to_string()))?
+            }
+            None => return Err(Failure::new(ResultClass::Error, format!("{url} has no host"))),
+        };
+        t.address = Some(ip);
+        Ok(ip)
+    }
+}
+
+trait IoBox: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: Io> IoBox for T {}
+
+fn fmt_addr(ip: IpAddr, port: u16) -> String {
+    std::net::SocketAddr::new(ip, port).to_string()
+}
+
+/// Follows a `Location` header relative to the current URL.
+fn redirect_target(current: &Url, location: &HeaderValue) -> Result<Url, Failure> {
+    let bad = |why: String| Failure::new(ResultClass::Error, why);
+    let text = location
+        .to_str()
+        .map_err(|_| bad("redirect Location header is not valid text".into()))?;
+    let next = current
+        .join(text)
+        .map_err(|e| bad(format!("redirect to invalid URL {text:?}: {e}")))?;
+    if !matches!(next.scheme(), "http" | "https") {
+        return Err(bad(format!("redirect to unsupported scheme: {next}")));
+    }
+    Ok(next)
+}
+
+fn build_request(
+    site: &Site,
+    url: &Url,
+    method: &Method,
+    body: &Option<Bytes>,
+    send_auth: bool,
+    h2: bool,
+    absolute_form: bool,
+) -> Result<Request<Full<Bytes>>, Failure> {
+    let bad = |e: http::Error| Failure::new(ResultClass::Error, format!("cannot build request: {e}"));
+    let target = if h2 || absolute_form {
+        url.as_str().to_string()
+    } else {
+        let mut path = url.path().to_string();
+        if let Some(q) = url.query() {
+            path.push('?');
+            path.push_str(q);
+        }
+        path
+    };
+    let mut request = Request::builder()
+        .method(method.clone())
+        .uri(target)
+        .version(if h2 { Version::HTTP_2 } else { Version::HTTP_11 })
+        .body(Full::new(body.clone().unwrap_or_default()))
+        .map_err(bad)?;
+    let headers = request.headers_mut();
+    *headers = site.headers.clone();
+    if !h2 && !headers.contains_key(HOST) {
+        let host = match url.port() {
+            Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
+            None => url.host_str().unwrap_or_default().to_string(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&host) {
+            headers.insert(HOST, v);
+        }
+    }
+    if h2 {
+        headers.remove(HOST);
+    }
+    if send_auth {
+        let value = match &site.auth {
+            Some(Auth::Basic { username, password }) => Some(format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD
+                    .encode(format!("{username}:{}", password.expose()))
+            )),
+            Some(Auth::Bearer(token)) => Some(format!("Bearer {}", token.expose())),
+            None => None,
+        };
+        if let Some(v) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {
+            let mut v = v;
+            v.set_sensitive(true);
+            headers.insert(AUTHORIZATION, v);
+        }
+    }
+    Ok(request)
+}
+
+/// Sends one request over a fresh connection and returns the response with its connection task.
+async fn exchange(
+    io: Box<dyn IoBox>,
+    h2: bool,
+    request: Request<Full<Bytes>>,
+) -> Result<(Response<Incoming>, AbortOnDrop), hyper::Error> {
+    let io = TokioIo::new(io);
+    if h2 {
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+        let task = AbortOnDrop(tokio::spawn(async move {
+            let _ = conn.await;
+        }));
+        let response = sender.send_request(request).await?;
+        Ok((response, task))
+    } else {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+        let task = AbortOnDrop(tokio::spawn(async move {
+            let _ = conn.await;
+        }));
+        let response = sender.send_request(request).await?;
+        Ok((response, task))
+    }
+}
+
+/// Opens a tunnel through an HTTP proxy with `CONNECT host:port`.
+async fn connect_tunnel(tcp: &mut TcpStream, url: &Url, port: u16) -> Result<(), Failure> {
+    let fail = |m: String| Failure::new(ResultClass::ConnectError, m);
+    let authority = format!("{}:{port}", url.host_str().unwrap_or_default());
+    let request = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n");
+    tcp.write_all(request.as_bytes())
+        .await
+        .map_err(|e| fail(format!("proxy CONNECT failed: {e}")))?;
+    let mut head = Vec::with_capacity(256);
+    let mut byte = [0u8; 1];
+    // Read byte by byte so nothing past the proxy's header is consumed.
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() > 8192 {
+            return Err(fail("proxy CONNECT answer too long".into()));
+        }
+        let n = tcp
+            .read(&mut byte)
+            .await
+            .map_err(|e| fail(format!("proxy CONNECT failed: {e}")))?;
+        if n == 0 {
+            return Err(fail("proxy closed the connection during CONNECT".into()));
+        }
+        head.push(byte[0]);
+    }
+    let status_line = String::from_utf8_lossy(&head);
+    let status_line = status_line.lines().next().unwrap_or_default();
+    let ok = status_line
+        .split_whitespace()
+        .nth(1)
+        .is_some_and(|code| code.starts_with('2'));
+    if !ok {
+        return Err(fail(format!("proxy refused CONNECT: {status_line}")));
+    }
+    Ok(())
+}
+
+/// An error with its sources, `a: b: c`, for messages people read.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
+}
+
+/// A shared prober, swapped whole when the network section changes.
+pub type SharedProber = Arc<Prober>;

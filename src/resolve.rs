@@ -1,0 +1,187 @@
+//! Name resolution and the network policy, applied to the resolved address before connecting.
+//!
+//! The address that is checked is the address that is connected to: the probe never looks a
+//! name up twice, so a DNS answer that changes between lookups cannot get around the policy.
+
+use std::net::IpAddr;
+
+use hickory_resolver::config::{
+    ConnectionConfig, LookupIpStrategy, NameServerConfig, ProtocolConfig, ResolverConfig,
+    ResolverOpts,
+};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::TokioResolver;
+use ipnet::IpNet;
+
+use crate::config::{IpVersion, Network, ResolverSetting};
+
+/// Why a name gave no usable address.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    /// The resolver failed or the name does not exist.
+    #[error("dns lookup of {host} failed: {reason}")]
+    Lookup {
+        /// The name looked up.
+        host: String,
+        /// What the resolver said.
+        reason: String,
+    },
+    /// The name exists but has no address of the wanted family.
+    #[error("{host} has no {family} address")]
+    NoAddress {
+        /// The name looked up.
+        host: String,
+        /// `IPv4`, `IPv6` or `IP`.
+        family: &'static str,
+    },
+    /// The resolver could not be built from the configuration.
+    #[error("cannot set up the resolver: {0}")]
+    Setup(String),
+}
+
+/// Resolves names the way the configuration says.
+#[derive(Clone)]
+pub enum Resolver {
+    /// The operating system's resolver (`getaddrinfo`: `/etc/hosts`, `/etc/resolv.conf`, nsswitch).
+    System,
+    /// Configured name servers.
+    Servers(TokioResolver),
+}
+
+impl std::fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Resolver::System => f.write_str("Resolver::System"),
+            Resolver::Servers(_) => f.write_str("Resolver::Servers"),
+        }
+    }
+}
+
+impl Resolver {
+    /// Builds the resolver of a `network` section.
+    pub fn new(network: &Network) -> Result<Self, ResolveError> {
+        let servers = match &network.resolver {
+            ResolverSetting::System => return Ok(Resolver::System),
+            ResolverSetting::Servers(s) => s,
+        };
+        let name_servers = servers
+            .iter()
+            .map(|addr| {
+                let conn = |protocol| {
+                    let mut c = ConnectionConfig::new(protocol);
+                    c.port = addr.port();
+                    c
+                };
+                NameServerConfig::new(
+                    addr.ip(),
+                    true,
+                    vec![conn(ProtocolConfig::Udp), conn(ProtocolConfig::Tcp)],
+                )
+            })
+            .collect();
+        let config = ResolverConfig::from_parts(None, vec![], name_servers);
+        let mut opts = ResolverOpts::default();
+        // Every probe measures a real lookup, as blackbox_exporter does.
+        opts.cache_size = 0;
+        opts.ip_strategy = match network.ip_version {
+            IpVersion::Auto => LookupIpStrategy::Ipv4thenIpv6,
+            IpVersion::Ipv4 => LookupIpStrategy::Ipv4Only,
+            IpVersion::Ipv6 => LookupIpStrategy::Ipv6Only,
+        };
+        let resolver = TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
+            .with_options(opts)
+            .build()
+            .map_err(|e| ResolveError::Setup(e.to_string()))?;
+        Ok(Resolver::Servers(resolver))
+    }
+
+    /// The first address of `host` in the wanted family.
+    pub async fn lookup(&self, host: &str, version: IpVersion) -> Result<IpAddr, ResolveError> {
+        let fail = |reason: String| ResolveError::Lookup {
+            host: host.to_string(),
+            reason,
+        };
+        let addrs: Vec<IpAddr> = match self {
+            Resolver::System => tokio::net::lookup_host((host, 0))
+                .await
+                .map_err(|e| fail(e.to_string()))?
+                .map(|sa| sa.ip())
+                .collect(),
+            Resolver::Servers(r) => r
+                .lookup_ip(host)
+                .await
+                .map_err(|e| fail(e.to_string()))?
+                .iter()
+                .collect(),
+        };
+        let wanted = |ip: &IpAddr| match version {
+            IpVersion::Auto => true,
+            IpVersion::Ipv4 => ip.is_ipv4(),
+            IpVersion::Ipv6 => ip.is_ipv6(),
+        };
+        addrs
+            .into_iter()
+            .find(wanted)
+            .ok_or_else(|| ResolveError::NoAddress {
+                host: host.to_string(),
+                family: match version {
+                    IpVersion::Auto => "IP",
+                    IpVersion::Ipv4 => "IPv4",
+                    IpVersion::Ipv6 => "IPv6",
+                },
+            })
+    }
+}
+
+/// The `deny`/`allow` lists, checked against every address before a socket is opened.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Policy {
+    deny: Vec<IpNet>,
+    allow: Vec<IpNet>,
+}
+
+impl Policy {
+    /// The policy of a `network` section.
+    pub fn new(network: &Network) -> Self {
+        Self {
+            deny: network.deny.clone(),
+            allow: network.allow.clone(),
+        }
+    }
+
+    /// `Err` with the reason when the address may not be connected to.
+    pub fn check(&self, ip: IpAddr) -> Result<(), String> {
+        // An IPv4-mapped IPv6 address is the IPv4 address for policy purposes.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        if let Some(net) = self.deny.iter().find(|n| n.contains(&ip)) {
+            return Err(format!("address {ip} is denied by network.deny {net}"));
+        }
+        if !self.allow.is_empty() && !self.allow.iter().any(|n| n.contains(&ip)) {
+            return Err(format!("address {ip} is not in network.allow"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deny_wins_and_allow_restricts() {
+        let network = Network {
+            deny: vec!["169.254.0.0/16".parse().unwrap()],
+            allow: vec!["127.0.0.0/8".parse().unwrap(), "169.254.0.0/16".parse().unwrap()],
+            ..Network::default()
+        };
+        let p = Policy::new(&network);
+        assert!(p.check("127.0.0.1".parse().unwrap()).is_ok());
+        assert!(p.check("169.254.169.254".parse().unwrap()).unwrap_err().contains("denied"));
+        assert!(p.check("11.1.1.1".parse().unwrap()).unwrap_err().contains("allow"));
+        // Mapped addresses are checked as IPv4.
+        assert!(p.check("::ffff:169.254.1.1".parse().unwrap()).is_err());
+    }
+}

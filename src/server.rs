@@ -1,0 +1,129 @@
+//! The exporter's own HTTP endpoints.
+//!
+//! | path | method | what |
+//! |---|---|---|
+//! | `/metrics` | GET | every metric; OpenMetrics when the `Accept` header asks for it, Prometheus text otherwise |
+//! | `/-/healthy` | GET | 200 while the process serves |
+//! | `/-/ready` | GET | 200 once the first configuration is loaded, 503 before |
+//! | `/-/reload` | POST | reloads the configuration; 200, or 500 with the errors (the old config keeps running) |
+//! | `/` | GET | a pointer to the endpoints |
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tracing::{debug, warn};
+
+use crate::App;
+
+type Body = Full<Bytes>;
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(Full::new(body.into()))
+        .expect("static response parts")
+}
+
+/// Whether the client prefers OpenMetrics (Prometheus sends it first in `Accept`).
+fn wants_openmetrics(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|part| part.trim().starts_with("application/openmetrics-text"))
+}
+
+async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET | &Method::HEAD, "/metrics") => {
+            let open = wants_openmetrics(&req);
+            let body = app.metrics.encode(open);
+            let ct = if open {
+                crate::metrics::OPENMETRICS_CONTENT_TYPE
+            } else {
+                crate::metrics::PROMETHEUS_CONTENT_TYPE
+            };
+            Response::builder()
+                .header(header::CONTENT_TYPE, ct)
+                .body(Full::new(Bytes::from(body)))
+                .expect("static response parts")
+        }
+        (&Method::GET | &Method::HEAD, "/-/healthy") => text(StatusCode::OK, "Healthy.\n"),
+        (&Method::GET | &Method::HEAD, "/-/ready") => {
+            if app.is_ready() {
+                text(StatusCode::OK, "Ready.\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "Not ready: no configuration loaded yet.\n")
+            }
+        }
+        (&Method::POST | &Method::PUT, "/-/reload") => {
+            let app2 = app.clone();
+            match tokio::task::spawn_blocking(move || app2.reload()).await {
+                Ok(Ok(n)) => text(StatusCode::OK, format!("Reloaded: {n} sites.\n")),
+                Ok(Err(e)) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("Reload failed; the previous configuration keeps running:\n{e}\n"),
+                ),
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("reload panicked: {e}\n")),
+            }
+        }
+        (_, "/-/reload") => text(StatusCode::METHOD_NOT_ALLOWED, "Use POST.\n"),
+        (&Method::GET, "/") => {
+            let html = "<!doctype html><html><head><meta charset=\"utf-8\"><title>sitewatch</title></head>\
+                <body><h1>sitewatch</h1><p><a href=\"/metrics\">Metrics</a></p></body></html>\n";
+            Response::builder()
+                .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
+                .body(Full::new(Bytes::from_static(html.as_bytes())))
+                .expect("static response parts")
+        }
+        _ => text(StatusCode::NOT_FOUND, "Not found.\n"),
+    }
+}
+
+/// Serves the endpoints on `listener` until `shutdown` resolves, then lets open requests finish.
+pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: keep serving the others.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let app = app.clone();
+        let service = service_fn(move |req| {
+            let app = app.clone();
+            async move { Ok::<_, Infallible>(route(app, req).await) }
+        });
+        let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    // Requests in progress (a scrape) get a moment to finish.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), graceful.shutdown()).await;
+}

@@ -1,0 +1,193 @@
+//! TLS for probes: rustls client configs built once per distinct setting, and certificate facts.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+
+/// A site's TLS settings, as configured. Equal settings share one client config.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct TlsSettings {
+    /// Skip certificate verification (the expiry is still reported).
+    pub insecure_skip_verify: bool,
+    /// Trust these CA certificates instead of the system's.
+    pub ca_file: Option<PathBuf>,
+    /// Name sent in SNI and verified, instead of the URL's host.
+    pub server_name: Option<String>,
+}
+
+/// A [`TlsSettings`] with its ready client config (compared by settings only).
+#[derive(Debug, Clone)]
+pub struct TlsClient {
+    /// The settings this was built from.
+    pub settings: TlsSettings,
+    /// The rustls config, ALPN `h2` and `http/1.1`.
+    pub config: Arc<ClientConfig>,
+}
+
+impl PartialEq for TlsClient {
+    fn eq(&self, other: &Self) -> bool {
+        self.settings == other.settings
+    }
+}
+
+impl std::ops::Deref for TlsClient {
+    type Target = TlsSettings;
+    fn deref(&self) -> &TlsSettings {
+        &self.settings
+    }
+}
+
+/// Builds each distinct client config once per configuration load.
+#[derive(Debug, Default)]
+pub struct ClientCache {
+    built: HashMap<TlsSettings, Arc<TlsClient>>,
+}
+
+impl ClientCache {
+    /// The client for these settings, building it on first use.
+    pub fn get(&mut self, settings: &TlsSettings) -> Result<Arc<TlsClient>, String> {
+        if let Some(c) = self.built.get(settings) {
+            return Ok(c.clone());
+        }
+        let config = build_client_config(settings)?;
+        let client = Arc::new(TlsClient {
+            settings: settings.clone(),
+            config,
+        });
+        self.built.insert(settings.clone(), client.clone());
+        Ok(client)
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    PROVIDER
+        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+        .clone()
+}
+
+/// The system's trust anchors, loaded once per process.
+fn system_roots() -> Arc<RootCertStore> {
+    static ROOTS: OnceLock<Arc<RootCertStore>> = OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let mut store = RootCertStore::empty();
+            let found = rustls_native_certs::load_native_certs();
+            for cert in found.certs {
+                // A malformed system certificate only costs that one anchor.
+                let _ = store.add(cert);
+            }
+            Arc::new(store)
+        })
+        .clone()
+}
+
+fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("invalid PEM in CA file {}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("no certificate in CA file {}", path.display()));
+    }
+    Ok(certs)
+}
+
+/// Checks that a CA file exists and holds at least one PEM certificate.
+pub fn check_ca_file(path: &Path) -> Result<(), String> {
+    read_ca_file(path).map(drop)
+}
+
+fn build_client_config(settings: &TlsSettings) -> Result<Arc<ClientConfig>, String> {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let mut config = if settings.insecure_skip_verify {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerify(provider())))
+            .with_no_client_auth()
+    } else {
+        let roots = match &settings.ca_file {
+            Some(path) => {
+                let mut store = RootCertStore::empty();
+                for cert in read_ca_file(path)? {
+                    store
+                        .add(cert)
+                        .map_err(|e| format!("unusable CA in {}: {e}", path.display()))?;
+                }
+                Arc::new(store)
+            }
+            None => system_roots(),
+        };
+        builder
+            .with_root_certificates(roots)
+            .with_no_client_auth()
+    };
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The earliest `notAfter` of a presented chain, in unix seconds.
+pub fn earliest_expiry(chain: &[CertificateDer<'_>]) -> Option<i64> {
+    chain
+        .iter()
+        .filter_map(|der| x509_parser::parse_x509_certificate(der).ok())
+        .map(|(_, cert)| cert.validity().not_after.timestamp())
+        .min()
+}
+
+/// Accepts any certificate but still checks handshake signatures.
+#[derive(Debug)]
+struct NoVerify(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
