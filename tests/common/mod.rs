@@ -1,0 +1,343 @@
+//! Test harness: the real `sitewatch` binary, loopback targets, a loopback DNS server, and a
+//! scrape parser with deadline-based waiting (no sleeps as synchronization).
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, UdpSocket};
+
+/// How long any wait in a test may take before it fails.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// A running `sitewatch` process, killed on drop.
+pub struct Exporter {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub logs: Arc<Mutex<Vec<String>>>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Exporter {
+    /// Writes `config` to a temp dir and starts `sitewatch run` on 127.0.0.1:0.
+    pub fn start(config: &str) -> Exporter {
+        Self::start_with(config, &[], &[])
+    }
+
+    /// Like [`Exporter::start`], with extra flags and environment for the child only.
+    pub fn start_with(config: &str, args: &[&str], env: &[(&str, &str)]) -> Exporter {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("sitewatch.yaml");
+        std::fs::write(&path, config).expect("write config");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sitewatch"));
+        cmd.args(["run", "--config"])
+            .arg(&path)
+            .args(["--web.listen-address", "127.0.0.1:0", "--log.level", "info"])
+            .args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Self::spawn(cmd, dir)
+    }
+
+    /// Spawns a prepared command whose stderr announces `listening address=...`.
+    pub fn spawn(mut cmd: Command, dir: tempfile::TempDir) -> Exporter {
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start sitewatch");
+        let stderr = child.stderr.take().expect("stderr");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split("address=").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or_default().to_string();
+                    let _ = tx.send(addr);
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let addr = match rx.recv_timeout(DEADLINE) {
+            Ok(a) => a.parse().expect("listen address"),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("sitewatch did not start; logs:\n{}", logs.lock().unwrap().join("\n"));
+            }
+        };
+        Exporter {
+            child,
+            addr,
+            logs,
+            dir,
+        }
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("sitewatch.yaml")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn scrape(&self) -> Scrape {
+        let text = reqwest::get(self.url("/metrics"))
+            .await
+            .expect("scrape")
+            .text()
+            .await
+            .expect("scrape body");
+        Scrape::parse(&text)
+    }
+
+    /// Scrapes until `check` returns `Some`, or fails the test at the deadline.
+    pub async fn wait_for<T>(&self, what: &str, check: impl Fn(&Scrape) -> Option<T>) -> T {
+        let start = Instant::now();
+        let mut last = None;
+        while start.elapsed() < DEADLINE {
+            let s = self.scrape().await;
+            if let Some(v) = check(&s) {
+                return v;
+            }
+            last = Some(s);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "timed out waiting for {what}; last scrape:\n{}\nlogs:\n{}",
+            last.map(|s| s.text).unwrap_or_default(),
+            self.logs.lock().unwrap().join("\n")
+        );
+    }
+
+    /// Waits until `site` has been probed at least once and returns the scrape.
+    pub async fn probed(&self, site: &str) -> Scrape {
+        self.wait_for(&format!("a probe of {site}"), |s| {
+            s.site(site, "sitewatch_probe_last_timestamp_seconds")
+                .map(|_| s.clone())
+        })
+        .await
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One sample of a scrape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// A parsed Prometheus text exposition.
+#[derive(Debug, Clone)]
+pub struct Scrape {
+    pub text: String,
+    pub samples: Vec<Sample>,
+}
+
+impl Scrape {
+    pub fn parse(text: &str) -> Scrape {
+        let samples = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .map(|l| {
+                let (series, value) = l.rsplit_once(' ').expect("sample line");
+                let (name, labels) = match series.split_once('{') {
+                    Some((n, rest)) => (n, parse_labels(rest.trim_end_matches('}'))),
+                    None => (series, BTreeMap::new()),
+                };
+                Sample {
+                    name: name.to_string(),
+                    labels,
+                    value: parse_value(value),
+                }
+            })
+            .collect();
+        Scrape {
+            text: text.to_string(),
+            samples,
+        }
+    }
+
+    /// The value of `name` whose labels include every pair of `labels`.
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.samples
+            .iter()
+            .find(|s| {
+                s.name == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+            })
+            .map(|s| s.value)
+    }
+
+    /// The value of `name` for `site`.
+    pub fn site(&self, site: &str, name: &str) -> Option<f64> {
+        self.get(name, &[("site", site)])
+    }
+
+    /// `sitewatch_probes_total` of `site` for `result`.
+    pub fn probes(&self, site: &str, result: &str) -> f64 {
+        self.get("sitewatch_probes_total", &[("site", site), ("result", result)])
+            .unwrap_or(0.0)
+    }
+
+    /// Every sample of `site`.
+    pub fn of_site(&self, site: &str) -> Vec<&Sample> {
+        self.samples
+            .iter()
+            .filter(|s| s.labels.get("site").map(String::as_str) == Some(site))
+            .collect()
+    }
+}
+
+fn parse_value(v: &str) -> f64 {
+    match v {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        "NaN" => f64::NAN,
+        v => v.parse().unwrap_or_else(|_| panic!("bad value {v:?}")),
+    }
+}
+
+fn parse_labels(s: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut rest = s;
+    while let Some((key, after)) = rest.split_once("=\"") {
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let mut end = after.len();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some((_, n)) = chars.next() {
+                        value.push(match n {
+                            'n' => '\n',
+                            other => other,
+                        });
+                    }
+                }
+                '"' => {
+                    end = i + 1;
+                    break;
+                }
+                c => value.push(c),
+            }
+        }
+        out.insert(key.trim_start_matches(',').trim().to_string(), value);
+        rest = &after[end..];
+    }
+    out
+}
+
+/// Binds 127.0.0.1:0 (or another loopback address).
+pub async fn loopback(ip: [u8; 4]) -> TcpListener {
+    TcpListener::bind(SocketAddr::from((Ipv4Addr::from(ip), 0)))
+        .await
+        .expect("bind loopback")
+}
+
+/// A port on 127.0.0.1 that refuses connections (bound, then closed).
+pub async fn refused_port() -> u16 {
+    let l = loopback([127, 0, 0, 1]).await;
+    l.local_addr().unwrap().port()
+}
+
+/// A DNS server on 127.0.0.1: names under `sitewatch.test` other than `missing.sitewatch.test`
+/// answer A 127.0.0.1; everything else is NXDOMAIN. Returns its address and a query counter.
+pub async fn dns_server() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind dns");
+    let addr = socket.local_addr().unwrap();
+    let queries = Arc::new(Mutex::new(Vec::new()));
+    let seen = queries.clone();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 512];
+        loop {
+            let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
+                continue;
+            };
+            if let Some((reply, name)) = dns_reply(&buf[..n]) {
+                seen.lock().unwrap().push(name);
+                let _ = socket.send_to(&reply, peer).await;
+            }
+        }
+    });
+    (addr, queries)
+}
+
+/// Builds the answer to one DNS query (RFC 1035 wire format).
+fn dns_reply(query: &[u8]) -> Option<(Vec<u8>, String)> {
+    if query.len() < 12 {
+        return None;
+    }
+    let mut labels = Vec::new();
+    let mut i = 12;
+    loop {
+        let len = *query.get(i)? as usize;
+        i += 1;
+        if len == 0 {
+            break;
+        }
+        labels.push(String::from_utf8_lossy(query.get(i..i + len)?).to_lowercase());
+        i += len;
+    }
+    let qtype = u16::from_be_bytes([*query.get(i)?, *query.get(i + 1)?]);
+    let question_end = i + 4;
+    let name = labels.join(".");
+    let known = name.ends_with("sitewatch.test") && name != "missing.sitewatch.test";
+    let answer_a = known && qtype == 1;
+    let mut reply = Vec::with_capacity(64);
+    reply.extend_from_slice(&query[0..2]); // id
+    let rcode = if known { 0 } else { 3 }; // NOERROR / NXDOMAIN
+    reply.extend_from_slice(&[0x81, 0x80 | rcode]); // response, recursion desired+available
+    reply.extend_from_slice(&[0, 1, 0, u8::from(answer_a), 0, 0, 0, 0]);
+    reply.extend_from_slice(query.get(12..question_end)?);
+    if answer_a {
+        reply.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 127, 0, 0, 1]);
+    }
+    Some((reply, name))
+}
+
+/// Whether a tool is on PATH; in CI a missing tool fails the test instead of skipping it.
+pub fn require_tool(tool: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !found {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{tool} is required in CI but is not installed (the test script installs it)");
+        }
+        eprintln!("SKIPPED: {tool} not installed; run scripts/test to install it");
+    }
+    found
+}
+
+/// Writes a file into the exporter's temp dir (for secrets and CA files).
+pub fn write_file(dir: &Path, name: &str, contents: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, contents).expect("write file");
+    p
+}
