@@ -22,7 +22,12 @@ pub struct Cli {
     #[arg(long = "log.format", value_enum, default_value_t = LogFormat::Text, global = true, env = "SITEWATCH_LOG_FORMAT")]
     pub log_format: LogFormat,
     /// Log level: error, warn, info, debug, trace (or a tracing filter).
-    #[arg(long = "log.level", default_value = "info", global = true, env = "SITEWATCH_LOG_LEVEL")]
+    #[arg(
+        long = "log.level",
+        default_value = "info",
+        global = true,
+        env = "SITEWATCH_LOG_LEVEL"
+    )]
     pub log_level: String,
     /// What to do.
     #[command(subcommand)]
@@ -42,7 +47,11 @@ pub enum LogFormat {
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
     /// Address to serve /metrics and the API on (`:9898` means every interface).
-    #[arg(long = "web.listen-address", default_value = ":9898", env = "SITEWATCH_LISTEN_ADDRESS")]
+    #[arg(
+        long = "web.listen-address",
+        default_value = ":9898",
+        env = "SITEWATCH_LISTEN_ADDRESS"
+    )]
     pub listen_address: String,
     /// Adds a `location` label to every probe series.
     #[arg(long, env = "SITEWATCH_LOCATION")]

@@ -457,7 +457,10 @@ pub fn parse_sources(
                     line,
                     None,
                     Some(section),
-                    format!("already set in {}; set it in one file only", first.display()),
+                    format!(
+                        "already set in {}; set it in one file only",
+                        first.display()
+                    ),
                 );
             } else {
                 global_from.insert(section, file.clone());
@@ -563,6 +566,14 @@ impl Ctx<'_> {
             field: field.map(str::to_string),
             message: message.into(),
         });
+    }
+
+    /// A path from the config, relative to the directory of the file that names it.
+    fn relative(&self, path: &Path) -> PathBuf {
+        match self.file.parent() {
+            Some(dir) if path.is_relative() => dir.join(path),
+            _ => path.to_path_buf(),
+        }
     }
 
     fn lines(&self) -> Vec<&str> {
@@ -757,7 +768,7 @@ impl Ctx<'_> {
             report(self, "proxy", parse_http_url(v).map(drop));
         }
         if let Some(ca) = d.tls.as_ref().and_then(|t| t.ca_file.as_deref()) {
-            report(self, "tls.ca_file", tls::check_ca_file(ca));
+            report(self, "tls.ca_file", tls::check_ca_file(&self.relative(ca)));
         }
     }
 
@@ -775,23 +786,22 @@ impl Ctx<'_> {
             .map(str::to_string)
             .unwrap_or_else(|| format!("#{}", index + 1));
         let mut track = serde_path_to_error::Track::new();
-        let raw = match RawSite::deserialize(serde_path_to_error::Deserializer::new(
-            value, &mut track,
-        )) {
-            Ok(raw) => raw,
-            Err(e) => {
-                let msg = e.to_string();
-                let field = unknown_field(&msg).unwrap_or_else(|| track.path().to_string());
-                let line = self.site_field_line(index, field.rsplit('.').next().unwrap_or(""));
-                self.push(
-                    line,
-                    Some(&id_hint),
-                    Some(&field),
-                    msg.replace("invalid type: ", "wrong type: "),
-                );
-                return None;
-            }
-        };
+        let raw =
+            match RawSite::deserialize(serde_path_to_error::Deserializer::new(value, &mut track)) {
+                Ok(raw) => raw,
+                Err(e) => {
+                    let msg = e.to_string();
+                    let field = unknown_field(&msg).unwrap_or_else(|| track.path().to_string());
+                    let line = self.site_field_line(index, field.rsplit('.').next().unwrap_or(""));
+                    self.push(
+                        line,
+                        Some(&id_hint),
+                        Some(&field),
+                        msg.replace("invalid type: ", "wrong type: "),
+                    );
+                    return None;
+                }
+            };
         let before = self.errors.len();
         let err = |ctx: &mut Self, field: &str, message: String| {
             let line = ctx.site_field_line(index, field.rsplit('.').next().unwrap_or(field));
@@ -844,9 +854,17 @@ impl Ctx<'_> {
         let mut labels = Vec::new();
         for (k, v) in raw.labels {
             if !valid_label_name(&k) {
-                err(self, &format!("labels.{k}"), "not a valid Prometheus label name".into());
+                err(
+                    self,
+                    &format!("labels.{k}"),
+                    "not a valid Prometheus label name".into(),
+                );
             } else if RESERVED_LABELS.contains(&k.as_str()) {
-                err(self, &format!("labels.{k}"), "reserved: the exporter sets this label".into());
+                err(
+                    self,
+                    &format!("labels.{k}"),
+                    "reserved: the exporter sets this label".into(),
+                );
             } else {
                 labels.push((k, v));
             }
@@ -880,14 +898,20 @@ impl Ctx<'_> {
                 );
             }
         }
-        let method = parse_method(&method_s).map_err(|e| err(self, "method", e)).ok();
+        let method = parse_method(&method_s)
+            .map_err(|e| err(self, "method", e))
+            .ok();
         let valid_status = match raw.valid_status.as_ref().or(defaults.valid_status.as_ref()) {
             Some(v) => parse_valid_status(v)
                 .map_err(|e| err(self, "valid_status", e))
                 .unwrap_or_default(),
             None => vec![200..=299],
         };
-        let max_body_bytes = match raw.max_body_bytes.as_ref().or(defaults.max_body_bytes.as_ref()) {
+        let max_body_bytes = match raw
+            .max_body_bytes
+            .as_ref()
+            .or(defaults.max_body_bytes.as_ref())
+        {
             Some(v) => parse_size(v)
                 .map_err(|e| err(self, "max_body_bytes", e))
                 .unwrap_or_default(),
@@ -914,23 +938,39 @@ impl Ctx<'_> {
         };
 
         let auth = {
-            let read = |ctx: &mut Self, field: &str, file: Option<PathBuf>, env: Option<String>| -> Option<Secret> {
+            let read = |ctx: &mut Self,
+                        field: &str,
+                        file: Option<PathBuf>,
+                        env: Option<String>|
+             -> Option<Secret> {
                 match (file, env) {
                     (Some(_), Some(_)) => {
-                        err(ctx, field, "set either the _file or the _env form, not both".into());
+                        err(
+                            ctx,
+                            field,
+                            "set either the _file or the _env form, not both".into(),
+                        );
                         None
                     }
-                    (Some(path), None) => match secrets.file(&path) {
+                    (Some(path), None) => match secrets.file(&ctx.relative(&path)) {
                         Ok(s) => Some(Secret(s.trim_end_matches(['\n', '\r']).to_string())),
                         Err(e) => {
-                            err(ctx, field, format!("cannot read secret file {}: {e}", path.display()));
+                            err(
+                                ctx,
+                                field,
+                                format!("cannot read secret file {}: {e}", path.display()),
+                            );
                             None
                         }
                     },
                     (None, Some(name)) => match secrets.env(&name) {
                         Some(s) => Some(Secret(s)),
                         None => {
-                            err(ctx, field, format!("environment variable {name} is not set"));
+                            err(
+                                ctx,
+                                field,
+                                format!("environment variable {name} is not set"),
+                            );
                             None
                         }
                     },
@@ -938,16 +978,32 @@ impl Ctx<'_> {
                 }
             };
             let basic = raw.basic_auth.map(|b| {
-                let password = read(self, "basic_auth.password_file", b.password_file, b.password_env);
+                let password = read(
+                    self,
+                    "basic_auth.password_file",
+                    b.password_file,
+                    b.password_env,
+                );
                 (b.username, password)
             });
-            let bearer = read(self, "bearer_token_file", raw.bearer_token_file, raw.bearer_token_env);
+            let bearer = read(
+                self,
+                "bearer_token_file",
+                raw.bearer_token_file,
+                raw.bearer_token_env,
+            );
             match (basic, bearer) {
                 (Some(_), Some(_)) => {
-                    err(self, "bearer_token_file", "set either basic_auth or a bearer token, not both".into());
+                    err(
+                        self,
+                        "bearer_token_file",
+                        "set either basic_auth or a bearer token, not both".into(),
+                    );
                     None
                 }
-                (Some((username, Some(password))), None) => Some(Auth::Basic { username, password }),
+                (Some((username, Some(password))), None) => {
+                    Some(Auth::Basic { username, password })
+                }
                 (Some((username, None)), None) => Some(Auth::Basic {
                     username,
                     password: Secret(String::new()),
@@ -969,12 +1025,16 @@ impl Ctx<'_> {
         let raw_tls = raw.tls.or_else(|| defaults.tls.clone()).unwrap_or_default();
         let tls_settings = TlsSettings {
             insecure_skip_verify: raw_tls.insecure_skip_verify,
-            ca_file: raw_tls.ca_file,
+            ca_file: raw_tls.ca_file.map(|p| self.relative(&p)),
             server_name: raw_tls.server_name,
         };
         if let Some(name) = &tls_settings.server_name {
             if rustls_pki_types::ServerName::try_from(name.as_str()).is_err() {
-                err(self, "tls.server_name", format!("{name:?} is not a valid server name"));
+                err(
+                    self,
+                    "tls.server_name",
+                    format!("{name:?} is not a valid server name"),
+                );
             }
         }
         let tls = match tls_cache.get(&tls_settings) {
@@ -1127,7 +1187,10 @@ fn parse_valid_status(items: &[Value]) -> Result<Vec<StatusRange>, String> {
                     }
                 }
             }
-            other => Err(format!("{} is not a status code or range", value_text(other))),
+            other => Err(format!(
+                "{} is not a status code or range",
+                value_text(other)
+            )),
         })
         .collect()
 }
@@ -1164,7 +1227,10 @@ fn parse_cidr(s: &str) -> Result<IpNet, String> {
 
 fn parse_name_server(s: &str) -> Result<SocketAddr, ()> {
     s.parse::<SocketAddr>()
-        .or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+        .or_else(|_| {
+            s.parse::<std::net::IpAddr>()
+                .map(|ip| SocketAddr::new(ip, 53))
+        })
         .map_err(drop)
 }
 

@@ -66,7 +66,8 @@ impl TestCertificate {
         let mut leaf = CertificateParams::new(vec!["localhost".to_string()])?;
         leaf.subject_alt_names
             .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
-        leaf.distinguished_name.push(DnType::CommonName, "localhost");
+        leaf.distinguished_name
+            .push(DnType::CommonName, "localhost");
         leaf.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(1);
         leaf.not_after = time::OffsetDateTime::from_unix_timestamp(not_after)
             .map_err(|_| rcgen::Error::CouldNotParseCertificate)?;
@@ -132,7 +133,9 @@ pub async fn serve_target<F, Fut>(
                     }
                 }
                 None => {
-                    let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                    let _ = builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
                 }
             }
         });

@@ -10,9 +10,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
-use prometheus_client::encoding::{
-    DescriptorEncoder, EncodeLabelSet, LabelSetEncoder, NoLabelSet,
-};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, LabelSetEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -24,7 +22,8 @@ use crate::config::{MetricsSettings, Site};
 use crate::probe::{ProbeResult, ResultClass};
 
 /// Content type of the Prometheus text format.
-pub const PROMETHEUS_CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+pub const PROMETHEUS_CONTENT_TYPE: &str =
+    prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 /// Content type of the OpenMetrics text format.
 pub const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -152,11 +151,19 @@ impl SiteTable {
         let Some(series) = self.sites.read().expect("sites lock").get(key).cloned() else {
             return;
         };
-        let bounds = self.settings.read().expect("settings lock").histogram_buckets.clone();
+        let bounds = self
+            .settings
+            .read()
+            .expect("settings lock")
+            .histogram_buckets
+            .clone();
         let secs = result.duration.as_secs_f64();
         let mut st = series.state.lock().expect("site lock");
         st.counts[result.class.index()] += 1;
-        let i = bounds.iter().position(|b| secs <= *b).unwrap_or(bounds.len());
+        let i = bounds
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(bounds.len());
         if let Some(b) = st.buckets.get_mut(i) {
             *b += 1;
         }
@@ -231,12 +238,20 @@ impl prometheus_client::collector::Collector for SiteTable {
         let s = &snapshot;
         let b = |v: bool| if v { 1.0 } else { 0.0 };
 
-        series += gauge_family(e, s, "probe_success", "Whether the last probe passed every check.", |st| {
-            last(st).map(|r| b(r.success()))
-        })?;
-        series += gauge_family(e, s, "probe_duration_seconds", "Wall time of the last probe in seconds.", |st| {
-            last(st).map(|r| r.duration.as_secs_f64())
-        })?;
+        series += gauge_family(
+            e,
+            s,
+            "probe_success",
+            "Whether the last probe passed every check.",
+            |st| last(st).map(|r| b(r.success())),
+        )?;
+        series += gauge_family(
+            e,
+            s,
+            "probe_duration_seconds",
+            "Wall time of the last probe in seconds.",
+            |st| last(st).map(|r| r.duration.as_secs_f64()),
+        )?;
         if settings.phases {
             let with_last: Vec<_> = s.iter().filter(|(_, st)| st.last.is_some()).collect();
             if !with_last.is_empty() {
@@ -250,27 +265,49 @@ impl prometheus_client::collector::Collector for SiteTable {
                     let r = st.last.as_ref().expect("filtered");
                     for (phase, d) in r.phases.labeled() {
                         let labels = (&site.labels, [("phase", phase)]);
-                        family.encode_family(&labels)?.encode_gauge(&d.as_secs_f64())?;
+                        family
+                            .encode_family(&labels)?
+                            .encode_gauge(&d.as_secs_f64())?;
                         series += 1;
                     }
                 }
             }
         }
-        series += gauge_family(e, s, "probe_http_status_code", "Final status code of the last probe, 0 if none.", |st| {
-            last(st).map(|r| f64::from(r.status_code))
-        })?;
-        series += gauge_family(e, s, "probe_http_content_length", "Body bytes read by the last probe.", |st| {
-            last(st).map(|r| r.content_length as f64)
-        })?;
-        series += gauge_family(e, s, "probe_http_redirects", "Redirects followed by the last probe.", |st| {
-            last(st).map(|r| f64::from(r.redirects))
-        })?;
-        series += gauge_family(e, s, "probe_http_ssl", "Whether the last probe's final URL used TLS.", |st| {
-            last(st).map(|r| b(r.ssl))
-        })?;
-        series += gauge_family(e, s, "probe_http_version", "HTTP version of the last probe's final response.", |st| {
-            last(st).map(|r| r.http_version)
-        })?;
+        series += gauge_family(
+            e,
+            s,
+            "probe_http_status_code",
+            "Final status code of the last probe, 0 if none.",
+            |st| last(st).map(|r| f64::from(r.status_code)),
+        )?;
+        series += gauge_family(
+            e,
+            s,
+            "probe_http_content_length",
+            "Body bytes read by the last probe.",
+            |st| last(st).map(|r| r.content_length as f64),
+        )?;
+        series += gauge_family(
+            e,
+            s,
+            "probe_http_redirects",
+            "Redirects followed by the last probe.",
+            |st| last(st).map(|r| f64::from(r.redirects)),
+        )?;
+        series += gauge_family(
+            e,
+            s,
+            "probe_http_ssl",
+            "Whether the last probe's final URL used TLS.",
+            |st| last(st).map(|r| b(r.ssl)),
+        )?;
+        series += gauge_family(
+            e,
+            s,
+            "probe_http_version",
+            "HTTP version of the last probe's final response.",
+            |st| last(st).map(|r| r.http_version),
+        )?;
         series += gauge_family(
             e,
             s,
@@ -278,12 +315,20 @@ impl prometheus_client::collector::Collector for SiteTable {
             "Unix time in seconds when the first certificate of the last presented chain expires.",
             |st| last(st).and_then(|r| r.cert_expiry).map(|t| t as f64),
         )?;
-        series += gauge_family(e, s, "probe_failed_due_to_regex", "Whether a regex check of the last probe failed.", |st| {
-            last(st).map(|r| b(r.failed_due_to_regex))
-        })?;
-        series += gauge_family(e, s, "probe_dns_lookup_time_seconds", "DNS lookup time of the last probe in seconds.", |st| {
-            last(st).map(|r| r.phases.resolve.as_secs_f64())
-        })?;
+        series += gauge_family(
+            e,
+            s,
+            "probe_failed_due_to_regex",
+            "Whether a regex check of the last probe failed.",
+            |st| last(st).map(|r| b(r.failed_due_to_regex)),
+        )?;
+        series += gauge_family(
+            e,
+            s,
+            "probe_dns_lookup_time_seconds",
+            "DNS lookup time of the last probe in seconds.",
+            |st| last(st).map(|r| r.phases.resolve.as_secs_f64()),
+        )?;
 
         if settings.histogram && !s.is_empty() {
             let mut family = e.encode_descriptor(
@@ -421,7 +466,11 @@ impl prometheus_client::collector::Collector for ProcessCollector {
             "Virtual memory size in bytes.",
             stat.vsize as f64,
         )?;
-        gauge("process_threads", "Number of OS threads in the process.", stat.num_threads as f64)?;
+        gauge(
+            "process_threads",
+            "Number of OS threads in the process.",
+            stat.num_threads as f64,
+        )?;
         if let Ok(boot) = procfs::boot_time_secs() {
             gauge(
                 "process_start_time_seconds",
@@ -430,11 +479,19 @@ impl prometheus_client::collector::Collector for ProcessCollector {
             )?;
         }
         if let Ok(fds) = me.fd_count() {
-            gauge("process_open_fds", "Number of open file descriptors.", fds as f64)?;
+            gauge(
+                "process_open_fds",
+                "Number of open file descriptors.",
+                fds as f64,
+            )?;
         }
         if let Ok(limits) = me.limits() {
             if let procfs::process::LimitValue::Value(v) = limits.max_open_files.soft_limit {
-                gauge("process_max_fds", "Maximum number of open file descriptors.", v as f64)?;
+                gauge(
+                    "process_max_fds",
+                    "Maximum number of open file descriptors.",
+                    v as f64,
+                )?;
             }
         }
         encoder
@@ -469,7 +526,7 @@ impl Metrics {
                 revision: crate::REVISION,
             })
             .set(1);
-        registry.register("sitewatch_build_info", "Build information; always 1.", build);
+        registry.register("sitewatch_build_info", "Build information; always 1", build);
         let health = Health {
             sites: Gauge::default(),
             in_flight: Gauge::default(),
@@ -479,35 +536,39 @@ impl Metrics {
             reload_timestamp: Gauge::default(),
             reloads: Family::default(),
         };
-        registry.register("sitewatch_sites", "Sites probed by this exporter.", health.sites.clone());
+        registry.register(
+            "sitewatch_sites",
+            "Sites probed by this exporter",
+            health.sites.clone(),
+        );
         registry.register(
             "sitewatch_probes_in_flight",
-            "Probes running now.",
+            "Probes running now",
             health.in_flight.clone(),
         );
         registry.register(
             "sitewatch_schedule_lag_seconds",
-            "How late probes started after they were due, in seconds.",
+            "How late probes started after they were due, in seconds",
             health.schedule_lag.clone(),
         );
         registry.register(
             "sitewatch_probes_skipped",
-            "Probes not started because the site's previous probe was still running or the exporter was overloaded.",
+            "Probes not started because the site's previous probe was still running or the exporter was overloaded",
             health.skipped.clone(),
         );
         registry.register(
             "sitewatch_config_last_reload_successful",
-            "Whether the last configuration load succeeded.",
+            "Whether the last configuration load succeeded",
             health.reload_ok.clone(),
         );
         registry.register(
             "sitewatch_config_last_reload_success_timestamp_seconds",
-            "Unix time in seconds of the last successful configuration load.",
+            "Unix time in seconds of the last successful configuration load",
             health.reload_timestamp.clone(),
         );
         registry.register(
             "sitewatch_config_reloads",
-            "Configuration loads by result.",
+            "Configuration loads by result",
             health.reloads.clone(),
         );
         let sites = Arc::new(SiteTable::new(location));

@@ -379,13 +379,19 @@ impl Prober {
                 .collect();
             return Err(Failure::new(
                 ResultClass::HttpStatus,
-                format!("status {status} is not in valid_status [{}]", ranges.join(", ")),
+                format!(
+                    "status {status} is not in valid_status [{}]",
+                    ranges.join(", ")
+                ),
             ));
         }
         if too_large {
             return Err(Failure::new(
                 ResultClass::BodyTooLarge,
-                format!("body is larger than max_body_bytes ({} bytes)", site.max_body_bytes),
+                format!(
+                    "body is larger than max_body_bytes ({} bytes)",
+                    site.max_body_bytes
+                ),
             ));
         }
         if let Some(re) = &site.regex {
@@ -432,14 +438,12 @@ impl Prober {
 
         t.stage = "connect";
         let start = Instant::now();
-        let mut tcp = TcpStream::connect((ip, connect_port))
-            .await
-            .map_err(|e| {
-                Failure::new(
-                    ResultClass::ConnectError,
-                    format!("connect to {} failed: {e}", fmt_addr(ip, connect_port)),
-                )
-            })?;
+        let mut tcp = TcpStream::connect((ip, connect_port)).await.map_err(|e| {
+            Failure::new(
+                ResultClass::ConnectError,
+                format!("connect to {} failed: {e}", fmt_addr(ip, connect_port)),
+            )
+        })?;
         let _ = tcp.set_nodelay(true);
         let tunnel = site.proxy.is_some() && https;
         if tunnel {
@@ -453,11 +457,19 @@ impl Prober {
             let start = Instant::now();
             let name = site.tls.server_name.as_deref().unwrap_or(host);
             let name = name.trim_start_matches('[').trim_end_matches(']');
-            let server_name = rustls_pki_types::ServerName::try_from(name.to_string())
-                .map_err(|e| Failure::new(ResultClass::TlsError, format!("bad server name {name:?}: {e}")))?;
+            let server_name =
+                rustls_pki_types::ServerName::try_from(name.to_string()).map_err(|e| {
+                    Failure::new(
+                        ResultClass::TlsError,
+                        format!("bad server name {name:?}: {e}"),
+                    )
+                })?;
             let connector = tokio_rustls::TlsConnector::from(site.tls.config.clone());
             let stream = connector.connect(server_name, tcp).await.map_err(|e| {
-                Failure::new(ResultClass::TlsError, format!("TLS handshake failed: {}", error_chain(&e)))
+                Failure::new(
+                    ResultClass::TlsError,
+                    format!("TLS handshake failed: {}", error_chain(&e)),
+                )
             })?;
             t.phases.tls += start.elapsed();
             let session = stream.get_ref().1;
@@ -470,11 +482,22 @@ impl Prober {
             (Box::new(tcp), false)
         };
 
-        let request = build_request(site, url, method, body, send_auth, h2, site.proxy.is_some() && !https)?;
+        let request = build_request(
+            site,
+            url,
+            method,
+            body,
+            send_auth,
+            h2,
+            site.proxy.is_some() && !https,
+        )?;
         t.stage = "processing";
         let start = Instant::now();
         let (response, conn) = exchange(io, h2, request).await.map_err(|e| {
-            Failure::new(ResultClass::Error, format!("HTTP request failed: {}", error_chain(&e)))
+            Failure::new(
+                ResultClass::Error,
+                format!("HTTP request failed: {}", error_chain(&e)),
+            )
         })?;
         t.phases.processing += start.elapsed();
         Ok((response, conn))
@@ -491,7 +514,12 @@ impl Prober {
                 t.phases.resolve += start.elapsed();
                 found.map_err(|e| Failure::new(ResultClass::DnsError, e.to_string()))?
             }
-            None => return Err(Failure::new(ResultClass::Error, format!("{url} has no host"))),
+            None => {
+                return Err(Failure::new(
+                    ResultClass::Error,
+                    format!("{url} has no host"),
+                ))
+            }
         };
         t.address = Some(ip);
         Ok(ip)
@@ -529,7 +557,8 @@ fn build_request(
     h2: bool,
     absolute_form: bool,
 ) -> Result<Request<Full<Bytes>>, Failure> {
-    let bad = |e: http::Error| Failure::new(ResultClass::Error, format!("cannot build request: {e}"));
+    let bad =
+        |e: http::Error| Failure::new(ResultClass::Error, format!("cannot build request: {e}"));
     let target = if h2 || absolute_form {
         url.as_str().to_string()
     } else {
@@ -543,7 +572,11 @@ fn build_request(
     let mut request = Request::builder()
         .method(method.clone())
         .uri(target)
-        .version(if h2 { Version::HTTP_2 } else { Version::HTTP_11 })
+        .version(if h2 {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        })
         .body(Full::new(body.clone().unwrap_or_default()))
         .map_err(bad)?;
     let headers = request.headers_mut();

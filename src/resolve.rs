@@ -174,13 +174,22 @@ mod tests {
     fn deny_wins_and_allow_restricts() {
         let network = Network {
             deny: vec!["169.254.0.0/16".parse().unwrap()],
-            allow: vec!["127.0.0.0/8".parse().unwrap(), "169.254.0.0/16".parse().unwrap()],
+            allow: vec![
+                "127.0.0.0/8".parse().unwrap(),
+                "169.254.0.0/16".parse().unwrap(),
+            ],
             ..Network::default()
         };
         let p = Policy::new(&network);
         assert!(p.check("127.0.0.1".parse().unwrap()).is_ok());
-        assert!(p.check("169.254.169.254".parse().unwrap()).unwrap_err().contains("denied"));
-        assert!(p.check("11.1.1.1".parse().unwrap()).unwrap_err().contains("allow"));
+        assert!(p
+            .check("169.254.169.254".parse().unwrap())
+            .unwrap_err()
+            .contains("denied"));
+        assert!(p
+            .check("11.1.1.1".parse().unwrap())
+            .unwrap_err()
+            .contains("allow"));
         // Mapped addresses are checked as IPv4.
         assert!(p.check("::ffff:169.254.1.1".parse().unwrap()).is_err());
     }

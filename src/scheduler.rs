@@ -105,7 +105,9 @@ impl Scheduler {
     pub async fn shutdown(&self, grace: Duration) -> bool {
         self.shared.stop.cancel();
         self.tracker.close();
-        tokio::time::timeout(grace, self.tracker.wait()).await.is_ok()
+        tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_ok()
     }
 }
 
@@ -204,7 +206,10 @@ mod tests {
         assert_eq!(a, first_delay("shop-home", interval, now));
         // One second later the same site is due one second sooner (same phase).
         let later = first_delay("shop-home", interval, now + Duration::from_secs(1));
-        assert_eq!((a + interval - later).as_nanos() % interval.as_nanos(), 1_000_000_000);
+        assert_eq!(
+            (a + interval - later).as_nanos() % interval.as_nanos(),
+            1_000_000_000
+        );
     }
 
     #[test]
@@ -217,7 +222,10 @@ mod tests {
             buckets[(d.as_secs() / 10) as usize] += 1;
         }
         // Every 10 s slice gets a fair share (1000 expected).
-        assert!(buckets.iter().all(|&n| (800..1200).contains(&n)), "{buckets:?}");
+        assert!(
+            buckets.iter().all(|&n| (800..1200).contains(&n)),
+            "{buckets:?}"
+        );
     }
 
     #[test]

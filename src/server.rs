@@ -65,7 +65,10 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
             if app.is_ready() {
                 text(StatusCode::OK, "Ready.\n")
             } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, "Not ready: no configuration loaded yet.\n")
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Not ready: no configuration loaded yet.\n",
+                )
             }
         }
         (&Method::POST | &Method::PUT, "/-/reload") => {
@@ -76,7 +79,10 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
                     StatusCode::INTERNAL_SERVER_ERROR,
                     format!("Reload failed; the previous configuration keeps running:\n{e}\n"),
                 ),
-                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("reload panicked: {e}\n")),
+                Err(e) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("reload panicked: {e}\n"),
+                ),
             }
         }
         (_, "/-/reload") => text(StatusCode::METHOD_NOT_ALLOWED, "Use POST.\n"),
@@ -115,7 +121,9 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
             let app = app.clone();
             async move { Ok::<_, Infallible>(route(app, req).await) }
         });
-        let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {

@@ -126,9 +126,7 @@ fn build_client_config(settings: &TlsSettings) -> Result<Arc<ClientConfig>, Stri
             }
             None => system_roots(),
         };
-        builder
-            .with_root_certificates(roots)
-            .with_no_client_auth()
+        builder.with_root_certificates(roots).with_no_client_auth()
     };
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))

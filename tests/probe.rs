@@ -41,7 +41,10 @@ async fn target(req: Request<Incoming>) -> Response<Full<Bytes>> {
         "/loop-b" => redirect("/loop-a"),
         "/large" => respond(200, vec![b'x'; 64 * 1024]),
         "/auth" => {
-            let ok = req.headers().get("authorization").and_then(|v| v.to_str().ok())
+            let ok = req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
                 == Some("Basic cHJvYmU6czNjcjN0"); // probe:s3cr3t
             if ok {
                 respond(200, "welcome")
@@ -50,12 +53,19 @@ async fn target(req: Request<Incoming>) -> Response<Full<Bytes>> {
             }
         }
         "/bearer" => {
-            let ok = req.headers().get("authorization").and_then(|v| v.to_str().ok())
+            let ok = req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
                 == Some("Bearer tok-123");
             respond(if ok { 200 } else { 401 }, "")
         }
         "/echo-method" => {
-            let body = format!("method={} ua={:?}", req.method(), req.headers().get("user-agent"));
+            let body = format!(
+                "method={} ua={:?}",
+                req.method(),
+                req.headers().get("user-agent")
+            );
             respond(200, body)
         }
         _ => respond(404, "not found"),
@@ -80,7 +90,10 @@ async fn healthy_site_reports_every_probe_gauge() {
         "  - id: shop\n    url: http://{t}/healthy\n    regex: Add to cart\n    tenant: acme\n    labels: {{ team: web }}\n"
     )));
     let s = ex.probed("shop").await;
-    let v = |name| s.site("shop", name).unwrap_or_else(|| panic!("{name} missing:\n{}", s.text));
+    let v = |name| {
+        s.site("shop", name)
+            .unwrap_or_else(|| panic!("{name} missing:\n{}", s.text))
+    };
     assert_eq!(v("probe_success"), 1.0);
     assert_eq!(v("probe_http_status_code"), 200.0);
     assert_eq!(v("probe_http_content_length"), HEALTHY_BODY.len() as f64);
@@ -97,21 +110,45 @@ async fn healthy_site_reports_every_probe_gauge() {
     let url = format!("http://{t}/healthy");
     for sample in s.of_site("shop") {
         assert_eq!(sample.labels.get("url"), Some(&url), "{sample:?}");
-        assert_eq!(sample.labels.get("tenant").map(String::as_str), Some("acme"));
+        assert_eq!(
+            sample.labels.get("tenant").map(String::as_str),
+            Some("acme")
+        );
         assert_eq!(sample.labels.get("team").map(String::as_str), Some("web"));
     }
     for phase in ["resolve", "connect", "tls", "processing", "transfer"] {
         let d = s
-            .get("probe_http_duration_seconds", &[("site", "shop"), ("phase", phase)])
+            .get(
+                "probe_http_duration_seconds",
+                &[("site", "shop"), ("phase", phase)],
+            )
             .unwrap_or_else(|| panic!("phase {phase} missing"));
         assert!(d >= 0.0);
     }
-    assert!(s.get("probe_http_duration_seconds", &[("site", "shop"), ("phase", "connect")]).unwrap() > 0.0);
-    assert_eq!(s.get("probe_http_duration_seconds", &[("site", "shop"), ("phase", "tls")]), Some(0.0));
+    assert!(
+        s.get(
+            "probe_http_duration_seconds",
+            &[("site", "shop"), ("phase", "connect")]
+        )
+        .unwrap()
+            > 0.0
+    );
+    assert_eq!(
+        s.get(
+            "probe_http_duration_seconds",
+            &[("site", "shop"), ("phase", "tls")]
+        ),
+        Some(0.0)
+    );
     // The histogram counts every probe.
-    let count = s.site("shop", "sitewatch_probe_duration_seconds_count").unwrap();
+    let count = s
+        .site("shop", "sitewatch_probe_duration_seconds_count")
+        .unwrap();
     let inf = s
-        .get("sitewatch_probe_duration_seconds_bucket", &[("site", "shop"), ("le", "+Inf")])
+        .get(
+            "sitewatch_probe_duration_seconds_bucket",
+            &[("site", "shop"), ("le", "+Inf")],
+        )
         .unwrap();
     assert_eq!(count, inf);
     assert_eq!(count, s.probes("shop", "success"));
@@ -131,18 +168,34 @@ async fn failures_are_classified() {
          \x20 - id: missing\n    url: http://{t}/nothing-here\n\
          \x20 - id: not-found-ok\n    url: http://{t}/nothing-here\n    valid_status: [404]\n"
     )));
-    let sites = ["slow", "error", "wrong-content", "absent", "refused", "large", "missing", "not-found-ok"];
+    let sites = [
+        "slow",
+        "error",
+        "wrong-content",
+        "absent",
+        "refused",
+        "large",
+        "missing",
+        "not-found-ok",
+    ];
     let s = ex
         .wait_for("every site probed", |s| {
             sites
                 .iter()
-                .all(|id| s.site(id, "sitewatch_probe_last_timestamp_seconds").is_some())
+                .all(|id| {
+                    s.site(id, "sitewatch_probe_last_timestamp_seconds")
+                        .is_some()
+                })
                 .then(|| s.clone())
         })
         .await;
     let expect = |id: &str, result: &str| {
         assert_eq!(s.site(id, "probe_success"), Some(0.0), "{id}");
-        assert!(s.probes(id, result) >= 1.0, "{id} should count {result}:\n{}", s.text);
+        assert!(
+            s.probes(id, result) >= 1.0,
+            "{id} should count {result}:\n{}",
+            s.text
+        );
         assert_eq!(s.probes(id, "success"), 0.0, "{id}");
     };
     expect("slow", "timeout");
@@ -151,7 +204,10 @@ async fn failures_are_classified() {
     assert_eq!(s.site("error", "probe_http_status_code"), Some(500.0));
     assert_eq!(s.site("error", "probe_http_content_length"), Some(4.0));
     expect("wrong-content", "regex");
-    assert_eq!(s.site("wrong-content", "probe_failed_due_to_regex"), Some(1.0));
+    assert_eq!(
+        s.site("wrong-content", "probe_failed_due_to_regex"),
+        Some(1.0)
+    );
     expect("absent", "regex");
     assert_eq!(s.site("absent", "probe_failed_due_to_regex"), Some(1.0));
     expect("refused", "connect_error");
@@ -183,7 +239,10 @@ async fn redirects_are_followed_counted_and_loops_detected() {
     assert_eq!(s.site("chain", "probe_success"), Some(1.0));
     assert_eq!(s.site("chain", "probe_http_redirects"), Some(3.0));
     assert_eq!(s.site("chain", "probe_http_status_code"), Some(200.0));
-    assert_eq!(s.site("chain", "probe_http_content_length"), Some(HEALTHY_BODY.len() as f64));
+    assert_eq!(
+        s.site("chain", "probe_http_content_length"),
+        Some(HEALTHY_BODY.len() as f64)
+    );
     assert_eq!(s.site("loop", "probe_success"), Some(0.0));
     assert!(s.probes("loop", "error") >= 1.0);
     assert_eq!(s.site("loop", "probe_http_redirects"), Some(1.0));
@@ -192,7 +251,10 @@ async fn redirects_are_followed_counted_and_loops_detected() {
     assert_eq!(s.site("limited", "probe_http_redirects"), Some(2.0));
     assert_eq!(s.site("not-followed", "probe_success"), Some(1.0));
     assert_eq!(s.site("not-followed", "probe_http_redirects"), Some(0.0));
-    assert_eq!(s.site("not-followed", "probe_http_status_code"), Some(302.0));
+    assert_eq!(
+        s.site("not-followed", "probe_http_status_code"),
+        Some(302.0)
+    );
 }
 
 #[tokio::test]
@@ -205,9 +267,11 @@ async fn tls_expiry_is_reported_to_the_second() {
     let cert = TestCertificate::generate(not_after).unwrap();
     let listener = loopback([127, 0, 0, 1]).await;
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(serve_target(listener, Some(cert.server_config().unwrap()), |_req| async {
-        respond(200, "secure")
-    }));
+    tokio::spawn(serve_target(
+        listener,
+        Some(cert.server_config().unwrap()),
+        |_req| async { respond(200, "secure") },
+    ));
     let fixtures = tempfile::tempdir().unwrap();
     let ca = common::write_file(fixtures.path(), "ca.pem", &cert.ca_pem);
     let port = addr.port();
@@ -229,11 +293,22 @@ async fn tls_expiry_is_reported_to_the_second() {
         .await;
     for id in ["trusted", "by-name", "insecure"] {
         assert_eq!(s.site(id, "probe_success"), Some(1.0), "{id}:\n{}", s.text);
-        assert_eq!(s.site(id, "probe_ssl_earliest_cert_expiry"), Some(not_after as f64), "{id}");
+        assert_eq!(
+            s.site(id, "probe_ssl_earliest_cert_expiry"),
+            Some(not_after as f64),
+            "{id}"
+        );
         assert_eq!(s.site(id, "probe_http_ssl"), Some(1.0));
         // ALPN negotiates HTTP/2 with a server that offers it.
         assert_eq!(s.site(id, "probe_http_version"), Some(2.0));
-        assert!(s.get("probe_http_duration_seconds", &[("site", id), ("phase", "tls")]).unwrap() > 0.0);
+        assert!(
+            s.get(
+                "probe_http_duration_seconds",
+                &[("site", id), ("phase", "tls")]
+            )
+            .unwrap()
+                > 0.0
+        );
     }
     for id in ["untrusted", "wrong-name"] {
         assert_eq!(s.site(id, "probe_success"), Some(0.0), "{id}");
@@ -263,7 +338,9 @@ async fn basic_auth_and_bearer_tokens_come_from_files_and_env() {
     let ids = ["auth-ok", "auth-refused", "auth-env", "bearer", "no-auth"];
     let s = ex
         .wait_for("every site probed", |s| {
-            ids.iter().all(|id| s.site(id, "probe_success").is_some()).then(|| s.clone())
+            ids.iter()
+                .all(|id| s.site(id, "probe_success").is_some())
+                .then(|| s.clone())
         })
         .await;
     for id in ["auth-ok", "auth-env", "bearer"] {
@@ -300,13 +377,24 @@ async fn names_resolve_through_the_configured_name_server() {
                 .then(|| s.clone())
         })
         .await;
-    assert_eq!(s.site("by-name", "probe_success"), Some(1.0), "{}", ex.logs());
+    assert_eq!(
+        s.site("by-name", "probe_success"),
+        Some(1.0),
+        "{}",
+        ex.logs()
+    );
     assert!(s.site("by-name", "probe_dns_lookup_time_seconds").unwrap() > 0.0);
     assert_eq!(s.site("nxdomain", "probe_success"), Some(0.0));
     assert!(s.probes("nxdomain", "dns_error") >= 1.0);
     let asked = queries.lock().unwrap().clone();
-    assert!(asked.iter().any(|q| q == "shop.sitewatch.test"), "{asked:?}");
-    assert!(asked.iter().any(|q| q == "missing.sitewatch.test"), "{asked:?}");
+    assert!(
+        asked.iter().any(|q| q == "shop.sitewatch.test"),
+        "{asked:?}"
+    );
+    assert!(
+        asked.iter().any(|q| q == "missing.sitewatch.test"),
+        "{asked:?}"
+    );
 }
 
 #[tokio::test]
@@ -356,5 +444,10 @@ async fn method_headers_and_user_agent_are_sent() {
         })
         .await;
     assert_eq!(s.site("post", "probe_success"), Some(1.0), "{}", s.text);
-    assert_eq!(s.site("custom-ua", "probe_success"), Some(1.0), "{}", s.text);
+    assert_eq!(
+        s.site("custom-ua", "probe_success"),
+        Some(1.0),
+        "{}",
+        s.text
+    );
 }

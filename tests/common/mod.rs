@@ -61,7 +61,11 @@ impl Exporter {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 if let Some(rest) = line.split("address=").nth(1) {
-                    let addr = rest.split_whitespace().next().unwrap_or_default().to_string();
+                    let addr = rest
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string();
                     let _ = tx.send(addr);
                 }
                 sink.lock().unwrap().push(line);
@@ -71,7 +75,10 @@ impl Exporter {
             Ok(a) => a.parse().expect("listen address"),
             Err(_) => {
                 let _ = child.kill();
-                panic!("sitewatch did not start; logs:\n{}", logs.lock().unwrap().join("\n"));
+                panic!(
+                    "sitewatch did not start; logs:\n{}",
+                    logs.lock().unwrap().join("\n")
+                );
             }
         };
         Exporter {
@@ -199,8 +206,11 @@ impl Scrape {
 
     /// `sitewatch_probes_total` of `site` for `result`.
     pub fn probes(&self, site: &str, result: &str) -> f64 {
-        self.get("sitewatch_probes_total", &[("site", site), ("result", result)])
-            .unwrap_or(0.0)
+        self.get(
+            "sitewatch_probes_total",
+            &[("site", site), ("result", result)],
+        )
+        .unwrap_or(0.0)
     }
 
     /// Every sample of `site`.
