@@ -438,8 +438,8 @@ pub fn parse_sources(
         };
         let raw: RawFile = match parse_file(text) {
             Ok(raw) => raw,
-            Err((line, message)) => {
-                ctx.push(line, None, None, message);
+            Err((line, field, message)) => {
+                ctx.push(line, None, field.as_deref(), message);
                 continue;
             }
         };
@@ -511,22 +511,37 @@ pub fn parse_sources(
     }
 }
 
-fn parse_file(text: &str) -> Result<RawFile, (Option<usize>, String)> {
+fn parse_file(text: &str) -> Result<RawFile, (Option<usize>, Option<String>, String)> {
     if text.trim().is_empty() {
         return Ok(RawFile::default());
     }
     let value: Value = serde_norway::from_str(text)
-        .map_err(|e| (e.location().map(|l| l.line()), e.to_string()))?;
+        .map_err(|e| (e.location().map(|l| l.line()), None, e.to_string()))?;
     if value.is_null() {
         return Ok(RawFile::default());
     }
     let mut track = serde_path_to_error::Track::new();
     RawFile::deserialize(serde_path_to_error::Deserializer::new(value, &mut track)).map_err(|e| {
-        let path = track.path().to_string();
-        let field = unknown_field(&e.to_string()).unwrap_or(path);
-        let line = line_of_key(text, 0, text.lines().count(), &field);
-        (line, serde_message(&e.to_string(), &field))
+        let field = serde_field(&track.path().to_string(), &e.to_string());
+        let line = line_of_path(text, 0, text.lines().count(), &field);
+        let field = (!field.is_empty()).then_some(field);
+        (
+            line,
+            field,
+            e.to_string().replace("invalid type: ", "wrong type: "),
+        )
     })
+}
+
+/// The dotted path of a serde error: the tracked path, plus the name of an unknown field.
+fn serde_field(tracked: &str, message: &str) -> String {
+    let tracked = if tracked == "." { "" } else { tracked };
+    match unknown_field(message) {
+        Some(name) if tracked.is_empty() => name,
+        Some(name) if tracked.ends_with(&name) => tracked.to_string(),
+        Some(name) => format!("{tracked}.{name}"),
+        None => tracked.to_string(),
+    }
 }
 
 /// Pulls the field name out of serde's "unknown field `x`" message.
@@ -534,15 +549,6 @@ fn unknown_field(message: &str) -> Option<String> {
     let start = message.find("unknown field `")? + "unknown field `".len();
     let end = message[start..].find('`')? + start;
     Some(message[start..end].to_string())
-}
-
-fn serde_message(message: &str, field: &str) -> String {
-    let message = message.replace("invalid type: ", "wrong type: ");
-    if field.is_empty() || field == "." {
-        message
-    } else {
-        format!("{message} (at `{field}`)")
-    }
 }
 
 struct Ctx<'a> {
@@ -624,12 +630,12 @@ impl Ctx<'_> {
 
     fn site_field_line(&self, index: usize, field: &str) -> Option<usize> {
         let (start, end) = self.site_block(index)?;
-        line_of_key(self.text, start, end, field)
+        line_of_path(self.text, start, end, field)
     }
 
     fn defaults_field_line(&self, field: &str) -> Option<usize> {
         let (start, end) = self.section("defaults")?;
-        line_of_key(self.text, start + 1, end, field)
+        line_of_path(self.text, start + 1, end, field)
     }
 
     fn network(&mut self, raw: RawNetwork) -> Network {
@@ -742,7 +748,7 @@ impl Ctx<'_> {
     fn check_defaults(&mut self, d: &RawDefaults) {
         let report = |ctx: &mut Self, field: &str, r: Result<(), String>| {
             if let Err(e) = r {
-                let line = ctx.defaults_field_line(field.rsplit('.').next().unwrap_or(field));
+                let line = ctx.defaults_field_line(field);
                 ctx.push(line, None, Some(&format!("defaults.{field}")), e);
             }
         };
@@ -791,8 +797,8 @@ impl Ctx<'_> {
                 Ok(raw) => raw,
                 Err(e) => {
                     let msg = e.to_string();
-                    let field = unknown_field(&msg).unwrap_or_else(|| track.path().to_string());
-                    let line = self.site_field_line(index, field.rsplit('.').next().unwrap_or(""));
+                    let field = serde_field(&track.path().to_string(), &msg);
+                    let line = self.site_field_line(index, &field);
                     self.push(
                         line,
                         Some(&id_hint),
@@ -804,7 +810,7 @@ impl Ctx<'_> {
             };
         let before = self.errors.len();
         let err = |ctx: &mut Self, field: &str, message: String| {
-            let line = ctx.site_field_line(index, field.rsplit('.').next().unwrap_or(field));
+            let line = ctx.site_field_line(index, field);
             ctx.push(line, Some(&id_hint), Some(field), message);
         };
 
@@ -938,57 +944,47 @@ impl Ctx<'_> {
         };
 
         let auth = {
-            let read = |ctx: &mut Self,
-                        field: &str,
-                        file: Option<PathBuf>,
-                        env: Option<String>|
-             -> Option<Secret> {
-                match (file, env) {
+            // `base` is `basic_auth.password` or `bearer_token`; the field named is the form used.
+            let read =
+                |ctx: &mut Self, base: &str, file: Option<PathBuf>, env: Option<String>| match (
+                    file, env,
+                ) {
                     (Some(_), Some(_)) => {
-                        err(
-                            ctx,
-                            field,
-                            "set either the _file or the _env form, not both".into(),
-                        );
+                        let msg = "set either the _file or the _env form, not both".to_string();
+                        err(ctx, &format!("{base}_env"), msg);
                         None
                     }
-                    (Some(path), None) => match secrets.file(&ctx.relative(&path)) {
-                        Ok(s) => Some(Secret(s.trim_end_matches(['\n', '\r']).to_string())),
-                        Err(e) => {
-                            err(
-                                ctx,
-                                field,
-                                format!("cannot read secret file {}: {e}", path.display()),
-                            );
-                            None
+                    (Some(path), None) => {
+                        let full = ctx.relative(&path);
+                        match secrets.file(&full) {
+                            Ok(s) => Some(Secret(s.trim_end_matches(['\n', '\r']).to_string())),
+                            Err(e) => {
+                                let msg =
+                                    format!("cannot read secret file {}: {e}", full.display());
+                                err(ctx, &format!("{base}_file"), msg);
+                                None
+                            }
                         }
-                    },
-                    (None, Some(name)) => match secrets.env(&name) {
-                        Some(s) => Some(Secret(s)),
-                        None => {
-                            err(
-                                ctx,
-                                field,
-                                format!("environment variable {name} is not set"),
-                            );
-                            None
-                        }
-                    },
+                    }
+                    (None, Some(name)) => secrets.env(&name).map(Secret).or_else(|| {
+                        let msg = format!("environment variable {name} is not set");
+                        err(ctx, &format!("{base}_env"), msg);
+                        None
+                    }),
                     (None, None) => None,
-                }
+                };
+            let bearer_field = if raw.bearer_token_file.is_some() {
+                "bearer_token_file"
+            } else {
+                "bearer_token_env"
             };
             let basic = raw.basic_auth.map(|b| {
-                let password = read(
-                    self,
-                    "basic_auth.password_file",
-                    b.password_file,
-                    b.password_env,
-                );
+                let password = read(self, "basic_auth.password", b.password_file, b.password_env);
                 (b.username, password)
             });
             let bearer = read(
                 self,
-                "bearer_token_file",
+                "bearer_token",
                 raw.bearer_token_file,
                 raw.bearer_token_env,
             );
@@ -996,7 +992,7 @@ impl Ctx<'_> {
                 (Some(_), Some(_)) => {
                     err(
                         self,
-                        "bearer_token_file",
+                        bearer_field,
                         "set either basic_auth or a bearer token, not both".into(),
                     );
                     None
@@ -1076,6 +1072,23 @@ impl Ctx<'_> {
             source: self.file.to_path_buf(),
         })
     }
+}
+
+/// The 1-based line of a dotted path (`tls.ca_file`, `remote_write[0].url`) within 0-based
+/// lines `[start, end)`: each part is searched from the line of the part before it.
+fn line_of_path(text: &str, start: usize, end: usize, path: &str) -> Option<usize> {
+    let mut from = start;
+    let mut found = None;
+    for part in path.split('.') {
+        let key = part.split('[').next().unwrap_or(part);
+        if key.is_empty() {
+            continue;
+        }
+        let line = line_of_key(text, from, end, key)?;
+        from = line - 1;
+        found = Some(line);
+    }
+    found
 }
 
 /// The 1-based line, within 0-based lines `[start, end)`, where `key:` is written.

@@ -45,7 +45,7 @@ pub enum Resolver {
     /// The operating system's resolver (`getaddrinfo`: `/etc/hosts`, `/etc/resolv.conf`, nsswitch).
     System,
     /// Configured name servers.
-    Servers(TokioResolver),
+    Servers(Box<TokioResolver>),
 }
 
 impl std::fmt::Debug for Resolver {
@@ -92,7 +92,7 @@ impl Resolver {
             .with_options(opts)
             .build()
             .map_err(|e| ResolveError::Setup(e.to_string()))?;
-        Ok(Resolver::Servers(resolver))
+        Ok(Resolver::Servers(Box::new(resolver)))
     }
 
     /// The first address of `host` in the wanted family.
