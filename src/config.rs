@@ -420,6 +420,9 @@ pub fn read_sources(path: &Path) -> Result<Vec<(PathBuf, String)>, LoadError> {
 }
 
 /// Parses and validates configuration text; returns every error found, not just the first.
+///
+/// One exception: a bad value in a file's `defaults` is reported once, and that file's sites
+/// are not checked further, since each of them would repeat it.
 pub fn parse_sources(
     sources: &[(PathBuf, String)],
     secrets: &dyn Secrets,
@@ -810,7 +813,11 @@ impl Ctx<'_> {
             };
         let before = self.errors.len();
         let err = |ctx: &mut Self, field: &str, message: String| {
-            let line = ctx.site_field_line(index, field);
+            // A value from `defaults` or a missing field has no line of its own in the site:
+            // point at the site.
+            let line = ctx
+                .site_field_line(index, field)
+                .or_else(|| ctx.site_block(index).map(|(start, _)| start + 1));
             ctx.push(line, Some(&id_hint), Some(field), message);
         };
 

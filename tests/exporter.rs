@@ -348,3 +348,28 @@ async fn demo_shows_successes_failures_and_a_certificate_expiry() {
     let days = (expiry - now) / 86_400.0;
     assert!((9.9..10.1).contains(&days), "{days}");
 }
+
+#[tokio::test]
+async fn operators_can_drop_phase_and_histogram_series() {
+    let t = healthy_target().await;
+    let ex = Exporter::start(&format!(
+        "metrics: {{ phases: false, histogram: false }}\n\
+         defaults: {{ interval: 1s, timeout: 500ms }}\n\
+         sites:\n  - id: lean\n    url: http://{t}/\n"
+    ));
+    let s = ex.probed("lean").await;
+    assert_eq!(s.site("lean", "probe_success"), Some(1.0));
+    assert!(
+        !s.text.contains("probe_http_duration_seconds{"),
+        "{}",
+        s.text
+    );
+    assert!(
+        !s.text.contains("sitewatch_probe_duration_seconds_bucket"),
+        "{}",
+        s.text
+    );
+    // 9 gauges, one result counter, one timestamp.
+    assert_eq!(s.of_site("lean").len(), 11, "{}", s.text);
+    assert_eq!(s.get("sitewatch_series", &[]), Some(11.0));
+}

@@ -152,6 +152,10 @@ async fn healthy_site_reports_every_probe_gauge() {
         .unwrap();
     assert_eq!(count, inf);
     assert_eq!(count, s.probes("shop", "success"));
+    // What one plain-HTTP site costs downstream: 14 gauges, 11 histogram series, one
+    // result counter, one timestamp.
+    assert_eq!(s.of_site("shop").len(), 27, "{}", s.text);
+    assert_eq!(s.get("sitewatch_series", &[]), Some(27.0));
 }
 
 #[tokio::test]

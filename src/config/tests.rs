@@ -300,14 +300,14 @@ fn credentials_in_url_are_rejected() {
 #[test]
 fn missing_id() {
     let e = one_error(&yaml(&["sites:", "  - url: http://web.example/"]));
-    // Without an id, the site is named by its 1-based position.
-    check(&e, None, Some("#1"), Some("id"), "missing");
+    // Without an id, the site is named by its 1-based position; the line is the site's.
+    check(&e, Some(2), Some("#1"), Some("id"), "missing");
 }
 
 #[test]
 fn missing_url() {
     let e = one_error(&yaml(&["sites:", "  - id: web", "    tenant: acme"]));
-    check(&e, None, Some("web"), Some("url"), "missing");
+    check(&e, Some(2), Some("web"), Some("url"), "missing");
 }
 
 // ---------------------------------------------------------------------------
