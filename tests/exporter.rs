@@ -373,3 +373,41 @@ async fn operators_can_drop_phase_and_histogram_series() {
     assert_eq!(s.of_site("lean").len(), 11, "{}", s.text);
     assert_eq!(s.get("sitewatch_series", &[]), Some(11.0));
 }
+
+#[test]
+fn a_bad_config_at_start_exits_78_naming_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(
+        &path,
+        "sites:\n  - id: x\n    url: http://127.0.0.1:1/\n    interval: soon\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sitewatch"))
+        .args(["run", "--web.listen-address", "127.0.0.1:0", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("site \"x\": field `interval`: invalid duration"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn location_labels_every_probe_series() {
+    let t = healthy_target().await;
+    let ex = Exporter::start_with(&two_sites(t), &["--location", "eu-west-1"], &[]);
+    let s = ex.probed("up").await;
+    let of_up = s.of_site("up");
+    assert!(!of_up.is_empty());
+    for sample in of_up {
+        assert_eq!(
+            sample.labels.get("location").map(String::as_str),
+            Some("eu-west-1"),
+            "{sample:?}"
+        );
+    }
+}
