@@ -774,7 +774,7 @@ impl Ctx<'_> {
             report(self, "headers", parse_headers(v).map(drop));
         }
         if let Some(v) = &d.proxy {
-            report(self, "proxy", parse_http_url(v).map(drop));
+            report(self, "proxy", parse_proxy_url(v).map(drop));
         }
         if let Some(ca) = d.tls.as_ref().and_then(|t| t.ca_file.as_deref()) {
             report(self, "tls.ca_file", tls::check_ca_file(&self.relative(ca)));
@@ -946,7 +946,7 @@ impl Ctx<'_> {
             );
         }
         let proxy = match raw.proxy.as_ref().or(defaults.proxy.as_ref()) {
-            Some(p) => parse_http_url(p).map_err(|e| err(self, "proxy", e)).ok(),
+            Some(p) => parse_proxy_url(p).map_err(|e| err(self, "proxy", e)).ok(),
             None => None,
         };
 
@@ -1234,6 +1234,23 @@ fn parse_http_url(s: &str) -> Result<Url, String> {
     }
     if url.host().is_none() {
         return Err(format!("URL {s:?} has no host"));
+    }
+    Ok(url)
+}
+
+/// A proxy is spoken to in plain HTTP (absolute-form requests, `CONNECT` tunnels) and
+/// without proxy authentication, so anything else would be silently wrong.
+fn parse_proxy_url(s: &str) -> Result<Url, String> {
+    let url = parse_http_url(s)?;
+    if url.scheme() != "http" {
+        return Err(format!(
+            "proxy {s:?} must be an http:// URL (TLS to the proxy is not supported)"
+        ));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(
+            "proxy credentials are not supported; remove user:password from the proxy URL".into(),
+        );
     }
     Ok(url)
 }

@@ -1132,3 +1132,19 @@ fn site_key() {
     assert_eq!(config.sites[0].key(), "acme/web");
     assert_eq!(config.sites[1].key(), "api");
 }
+
+#[test]
+fn proxy_must_be_plain_http_without_credentials() {
+    for (proxy, msg) in [
+        ("https://proxy.example:3128", "must be an http:// URL"),
+        (
+            "http://user:pw@proxy.example:3128",
+            "proxy credentials are not supported",
+        ),
+        ("socks5://proxy.example:1080", "must use http or https"),
+    ] {
+        let e = one_error(&site_with(&format!("proxy: {proxy}")));
+        check(&e, Some(4), Some("web"), Some("proxy"), msg);
+        assert!(!e.to_string().contains("pw@"), "{e}");
+    }
+}
