@@ -7,6 +7,7 @@
 //! - [`scheduler`]: one task per site, on its interval, under a global bound on probes in flight.
 //! - [`metrics`]: per-site series from the last [`probe::ProbeResult`], exporter health, `process_*`.
 //! - [`server`]: `/metrics`, `/-/healthy`, `/-/ready`, `/-/reload`.
+//! - [`watch`]: reloads when the config file or directory changes (notify, debounced).
 //! - [`demo`]: built-in loopback targets for `sitewatch demo`.
 //! - [`cli`]: the command line; `main.rs` only calls it.
 //!
@@ -25,6 +26,7 @@ pub mod resolve;
 pub mod scheduler;
 pub mod server;
 pub mod tls;
+pub mod watch;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -91,8 +93,16 @@ pub struct App {
     metrics: Arc<Metrics>,
     scheduler: Scheduler,
     ready: AtomicBool,
+    state: Mutex<ReloadState>,
+}
+
+/// What the last load saw and what runs now.
+#[derive(Default)]
+struct ReloadState {
     /// The configuration running now.
-    current: Mutex<Option<Arc<Config>>>,
+    current: Option<Arc<Config>>,
+    /// The text (or read error) of the last load attempt.
+    fingerprint: Option<u64>,
 }
 
 impl App {
@@ -105,7 +115,7 @@ impl App {
             metrics,
             scheduler,
             ready: AtomicBool::new(false),
-            current: Mutex::new(None),
+            state: Mutex::default(),
         })
     }
 
@@ -115,33 +125,65 @@ impl App {
     }
 
     /// Loads the configuration again and applies it; a bad one leaves the running one in place.
-    /// Returns the number of sites.
+    /// Returns the number of sites. (`SIGHUP`, `POST /-/reload` and start-up.)
     pub fn reload(&self) -> Result<usize, RunError> {
-        let loaded = config::load_path(&self.options.config, &SystemSecrets)
+        self.load(true)
+            .unwrap_or_else(|| unreachable!("a forced load always loads"))
+    }
+
+    /// Reloads only when the config files' text changed since the last attempt: the file
+    /// watcher calls this for every burst of events, most of which change nothing.
+    pub fn reload_if_changed(&self) -> Option<Result<usize, RunError>> {
+        self.load(false)
+    }
+
+    fn load(&self, force: bool) -> Option<Result<usize, RunError>> {
+        let path = &self.options.config;
+        // One load at a time: the watcher, SIGHUP and /-/reload may fire together.
+        let mut state = self.state.lock().expect("reload lock");
+        let sources = config::read_sources(path);
+        let fingerprint = fingerprint(&sources);
+        if !force && state.fingerprint == Some(fingerprint) {
+            return None;
+        }
+        state.fingerprint = Some(fingerprint);
+        let loaded = sources
+            .and_then(|s| config::parse_sources(&s, &SystemSecrets).map_err(LoadError::Invalid))
             .map_err(RunError::from)
             .and_then(|c| Ok((Prober::new(&c.network)?, c)));
-        match loaded {
+        Some(match loaded {
             Ok((prober, config)) => {
                 let n = config.sites.len();
-                let mut current = self.current.lock().expect("config lock");
-                if current.as_deref() != Some(&config) {
+                if state.current.as_deref() != Some(&config) {
                     self.scheduler.apply(&config, prober);
-                    *current = Some(Arc::new(config));
+                    state.current = Some(Arc::new(config));
                 }
                 self.metrics.health.reloaded(true);
                 self.ready.store(true, Ordering::Release);
-                info!(config = %self.options.config.display(), sites = n, "configuration loaded");
+                info!(config = %path.display(), sites = n, "configuration loaded");
                 Ok(n)
             }
             Err(e) => {
                 self.metrics.health.reloaded(false);
+                error!(config = %path.display(), "configuration rejected; the previous one keeps running");
                 for line in e.to_string().lines() {
-                    error!(config = %self.options.config.display(), "{line}");
+                    error!(config = %path.display(), "{line}");
                 }
                 Err(e)
             }
-        }
+        })
     }
+}
+
+/// A hash of what was read, or of why reading failed.
+fn fingerprint(sources: &Result<Vec<(PathBuf, String)>, LoadError>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    match sources {
+        Ok(files) => files.hash(&mut h),
+        Err(e) => e.to_string().hash(&mut h),
+    }
+    h.finish()
 }
 
 /// Runs the exporter on `listener` until `shutdown` resolves, then drains probes in flight.
@@ -157,8 +199,10 @@ pub async fn run(
         info!(address = %addr, "listening");
     }
     let reloader = spawn_sighup_reloader(app.clone());
+    let watcher = watch::spawn(app.clone(), watch::DEBOUNCE);
     server::serve(listener, app.clone(), shutdown).await;
     reloader.abort();
+    watcher.abort();
     info!("shutting down: no new probes, waiting for probes in flight");
     if !app.scheduler.shutdown(grace).await {
         warn!(grace = ?grace, "probes still in flight at the end of the grace period were dropped");

@@ -16,6 +16,18 @@ use tokio::net::{TcpListener, UdpSocket};
 /// How long any wait in a test may take before it fails.
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
+/// `sitewatch run --config PATH` on 127.0.0.1:0.
+pub fn run_command(config: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sitewatch"));
+    cmd.args(["run", "--config"]).arg(config).args([
+        "--web.listen-address",
+        "127.0.0.1:0",
+        "--log.level",
+        "info",
+    ]);
+    cmd
+}
+
 /// A running `sitewatch` process, killed on drop.
 pub struct Exporter {
     pub child: Child,
@@ -35,11 +47,8 @@ impl Exporter {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("sitewatch.yaml");
         std::fs::write(&path, config).expect("write config");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sitewatch"));
-        cmd.args(["run", "--config"])
-            .arg(&path)
-            .args(["--web.listen-address", "127.0.0.1:0", "--log.level", "info"])
-            .args(args);
+        let mut cmd = run_command(&path);
+        cmd.args(args);
         for (k, v) in env {
             cmd.env(k, v);
         }
