@@ -436,7 +436,8 @@ pub fn parse_sources(
     for (file, text) in sources {
         let mut ctx = Ctx {
             file,
-            text,
+            lines: text.lines().collect(),
+            site_items: std::cell::OnceCell::new(),
             errors: &mut errors,
         };
         let raw: RawFile = match parse_file(text) {
@@ -526,7 +527,8 @@ fn parse_file(text: &str) -> Result<RawFile, (Option<usize>, Option<String>, Str
     let mut track = serde_path_to_error::Track::new();
     RawFile::deserialize(serde_path_to_error::Deserializer::new(value, &mut track)).map_err(|e| {
         let field = serde_field(&track.path().to_string(), &e.to_string());
-        let line = line_of_path(text, 0, text.lines().count(), &field);
+        let lines: Vec<&str> = text.lines().collect();
+        let line = line_of_path(&lines, 0, lines.len(), &field);
         let field = (!field.is_empty()).then_some(field);
         (
             line,
@@ -556,7 +558,10 @@ fn unknown_field(message: &str) -> Option<String> {
 
 struct Ctx<'a> {
     file: &'a Path,
-    text: &'a str,
+    /// The file's lines, split once: line lookups index into them.
+    lines: Vec<&'a str>,
+    /// Start lines of the items of `sites:`, and the end of the section; found on first use.
+    site_items: std::cell::OnceCell<Option<(Vec<usize>, usize)>>,
     errors: &'a mut Vec<ConfigError>,
 }
 
@@ -585,14 +590,10 @@ impl Ctx<'_> {
         }
     }
 
-    fn lines(&self) -> Vec<&str> {
-        self.text.lines().collect()
-    }
-
     /// The 1-based line of a top-level key.
     fn top_level_line(&self, key: &str) -> Option<usize> {
         let prefix = format!("{key}:");
-        self.lines()
+        self.lines
             .iter()
             .position(|l| l.starts_with(&prefix))
             .map(|i| i + 1)
@@ -600,7 +601,7 @@ impl Ctx<'_> {
 
     /// The 0-based line range of a top-level section.
     fn section(&self, key: &str) -> Option<(usize, usize)> {
-        let lines = self.lines();
+        let lines = &self.lines;
         let start = self.top_level_line(key)? - 1;
         let end = (start + 1..lines.len())
             .find(|&i| {
@@ -613,38 +614,39 @@ impl Ctx<'_> {
 
     /// The 0-based line range of the `index`-th item of `sites:`.
     fn site_block(&self, index: usize) -> Option<(usize, usize)> {
-        let (start, end) = self.section("sites")?;
-        let lines = self.lines();
-        let items: Vec<usize> = (start + 1..end)
-            .filter(|&i| lines[i].trim_start().starts_with("- "))
-            .collect();
-        let indent = items
-            .iter()
-            .map(|&i| lines[i].len() - lines[i].trim_start().len())
-            .min()?;
-        let items: Vec<usize> = items
-            .into_iter()
-            .filter(|&i| lines[i].len() - lines[i].trim_start().len() == indent)
-            .collect();
+        let (items, end) = self
+            .site_items
+            .get_or_init(|| {
+                let (start, end) = self.section("sites")?;
+                let lines = &self.lines;
+                let indent = |i: usize| lines[i].len() - lines[i].trim_start().len();
+                let items: Vec<usize> = (start + 1..end)
+                    .filter(|&i| lines[i].trim_start().starts_with("- "))
+                    .collect();
+                let top = items.iter().map(|&i| indent(i)).min()?;
+                let items = items.into_iter().filter(|&i| indent(i) == top).collect();
+                Some((items, end))
+            })
+            .as_ref()?;
         let first = *items.get(index)?;
-        let last = items.get(index + 1).copied().unwrap_or(end);
+        let last = items.get(index + 1).copied().unwrap_or(*end);
         Some((first, last))
     }
 
     fn site_field_line(&self, index: usize, field: &str) -> Option<usize> {
         let (start, end) = self.site_block(index)?;
-        line_of_path(self.text, start, end, field)
+        line_of_path(&self.lines, start, end, field)
     }
 
     fn defaults_field_line(&self, field: &str) -> Option<usize> {
         let (start, end) = self.section("defaults")?;
-        line_of_path(self.text, start + 1, end, field)
+        line_of_path(&self.lines, start + 1, end, field)
     }
 
     fn network(&mut self, raw: RawNetwork) -> Network {
         let line = |ctx: &Self, f: &str| {
             ctx.section("network")
-                .and_then(|(s, e)| line_of_key(ctx.text, s, e, f))
+                .and_then(|(s, e)| line_of_key(&ctx.lines, s, e, f))
         };
         let cidrs = |ctx: &mut Self, field: &str, list: Vec<String>| -> Vec<IpNet> {
             list.into_iter()
@@ -717,7 +719,7 @@ impl Ctx<'_> {
                 Err(e) => {
                     let line = self
                         .section("remote_write")
-                        .and_then(|(s, e)| line_of_key(self.text, s, e, "url"));
+                        .and_then(|(s, e)| line_of_key(&self.lines, s, e, "url"));
                     self.push(line, None, Some("remote_write.url"), e);
                     None
                 }
@@ -734,7 +736,7 @@ impl Ctx<'_> {
             if b.is_empty() || !sorted || b.iter().any(|v| !v.is_finite() || *v <= 0.0) {
                 let line = self
                     .section("metrics")
-                    .and_then(|(s, e)| line_of_key(self.text, s, e, "histogram_buckets"));
+                    .and_then(|(s, e)| line_of_key(&self.lines, s, e, "histogram_buckets"));
                 self.push(
                     line,
                     None,
@@ -1083,7 +1085,7 @@ impl Ctx<'_> {
 
 /// The 1-based line of a dotted path (`tls.ca_file`, `remote_write[0].url`) within 0-based
 /// lines `[start, end)`: each part is searched from the line of the part before it.
-fn line_of_path(text: &str, start: usize, end: usize, path: &str) -> Option<usize> {
+fn line_of_path(lines: &[&str], start: usize, end: usize, path: &str) -> Option<usize> {
     let mut from = start;
     let mut found = None;
     for part in path.split('.') {
@@ -1091,7 +1093,7 @@ fn line_of_path(text: &str, start: usize, end: usize, path: &str) -> Option<usiz
         if key.is_empty() {
             continue;
         }
-        let line = line_of_key(text, from, end, key)?;
+        let line = line_of_key(lines, from, end, key)?;
         from = line - 1;
         found = Some(line);
     }
@@ -1099,21 +1101,20 @@ fn line_of_path(text: &str, start: usize, end: usize, path: &str) -> Option<usiz
 }
 
 /// The 1-based line, within 0-based lines `[start, end)`, where `key:` is written.
-fn line_of_key(text: &str, start: usize, end: usize, key: &str) -> Option<usize> {
+fn line_of_key(lines: &[&str], start: usize, end: usize, key: &str) -> Option<usize> {
     if key.is_empty() || key == "." {
         return None;
     }
     let needle = format!("{key}:");
-    text.lines()
-        .enumerate()
-        .skip(start)
-        .take(end.saturating_sub(start))
-        .find(|(_, l)| {
-            l.match_indices(&needle).any(|(i, _)| {
-                i == 0 || matches!(l.as_bytes()[i - 1], b' ' | b'\t' | b'{' | b',' | b'-')
+    let end = end.min(lines.len());
+    (start.min(end)..end)
+        .find(|&i| {
+            let l = lines[i];
+            l.match_indices(&needle).any(|(at, _)| {
+                at == 0 || matches!(l.as_bytes()[at - 1], b' ' | b'\t' | b'{' | b',' | b'-')
             })
         })
-        .map(|(i, _)| i + 1)
+        .map(|i| i + 1)
 }
 
 fn value_text(v: &Value) -> String {
