@@ -179,7 +179,9 @@ async fn site_loop(
                 health.in_flight.dec();
                 return;
             }
-            r = prober.probe(&site) => r,
+            // Boxed: an idle site's task then holds only its small loop state, not the space
+            // of a whole probe (connections, TLS, HTTP state): memory per site is what scales.
+            r = Box::pin(prober.probe(&site)) => r,
         };
         health.in_flight.dec();
         drop(permit);
