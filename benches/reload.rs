@@ -21,17 +21,25 @@ const RELOADS: usize = 5;
 
 fn config(n: usize, target: SocketAddr, changed: usize) -> String {
     let mut out = String::with_capacity(n * 64);
-    out.push_str("defaults: { interval: 10m, timeout: 5s }\nmetrics: { histogram: false }\nsites:\n");
+    out.push_str(
+        "defaults: { interval: 10m, timeout: 5s }\nmetrics: { histogram: false }\nsites:\n",
+    );
     for i in 0..n {
         let version = if i == 0 { changed } else { 0 };
-        out.push_str(&format!("  - id: s{i}\n    url: http://{target}/s{i}?v={version}\n"));
+        out.push_str(&format!(
+            "  - id: s{i}\n    url: http://{target}/s{i}?v={version}\n"
+        ));
     }
     out
 }
 
 /// The longest gap between consecutive arrivals within `[from, to]`.
 fn max_gap(arrivals: &[Instant], from: Instant, to: Instant) -> (Duration, usize) {
-    let inside: Vec<Instant> = arrivals.iter().copied().filter(|t| *t >= from && *t <= to).collect();
+    let inside: Vec<Instant> = arrivals
+        .iter()
+        .copied()
+        .filter(|t| *t >= from && *t <= to)
+        .collect();
     let gap = inside
         .windows(2)
         .map(|w| w[1] - w[0])
@@ -59,7 +67,10 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 #[tokio::main]
 async fn main() {
-    let n: usize = std::env::var("SITES").ok().and_then(|s| s.parse().ok()).unwrap_or(100_000);
+    let n: usize = std::env::var("SITES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100_000);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let target = listener.local_addr().unwrap();
     let arrivals = Arc::new(Mutex::new(Vec::<Instant>::with_capacity(1 << 16)));
@@ -75,7 +86,14 @@ async fn main() {
 
     let started = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_sitewatch"))
-        .args(["run", "--web.listen-address", "127.0.0.1:0", "--log.level", "warn,sitewatch=info", "--config"])
+        .args([
+            "run",
+            "--web.listen-address",
+            "127.0.0.1:0",
+            "--log.level",
+            "warn,sitewatch=info",
+            "--config",
+        ])
         .arg(&path)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -86,11 +104,18 @@ async fn main() {
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if let Some(rest) = line.split("address=").nth(1) {
-                let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_string());
+                let _ = tx.send(
+                    rest.split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string(),
+                );
             }
         }
     });
-    let addr = rx.recv_timeout(Duration::from_secs(300)).expect("exporter started");
+    let addr = rx
+        .recv_timeout(Duration::from_secs(300))
+        .expect("exporter started");
     let startup = started.elapsed();
     let pid = child.id();
 
@@ -112,7 +137,11 @@ async fn main() {
             .send()
             .await
             .expect("reload request");
-        assert!(resp.status().is_success(), "reload failed: {}", resp.text().await.unwrap_or_default());
+        assert!(
+            resp.status().is_success(),
+            "reload failed: {}",
+            resp.text().await.unwrap_or_default()
+        );
         times.push(t.elapsed());
         tokio::time::sleep(window / RELOADS as u32).await;
     }
@@ -128,12 +157,33 @@ async fn main() {
     println!("sitewatch reload benchmark: {n} sites, interval 10m, one site changed per reload");
     println!("| figure | value |");
     println!("|---|---|");
-    println!("| start-up to listening (load + schedule {n} sites) | {:.2} s |", startup.as_secs_f64());
-    println!("| reload via POST /-/reload, median of {RELOADS} | {:.0} ms |", median(times.clone()).as_secs_f64() * 1e3);
-    println!("| reload via POST /-/reload, slowest | {:.0} ms |", times.iter().max().unwrap().as_secs_f64() * 1e3);
-    println!("| probes arriving, quiet window ({:.0} s) | {quiet_probes} |", (quiet_to - quiet_from).as_secs_f64());
-    println!("| probes arriving, reload window ({:.0} s) | {reload_probes} |", (reload_to - reload_from).as_secs_f64());
-    println!("| longest gap between probes, quiet window | {:.0} ms |", quiet_gap.as_secs_f64() * 1e3);
-    println!("| longest gap between probes, during reloads | {:.0} ms |", reload_gap.as_secs_f64() * 1e3);
+    println!(
+        "| start-up to listening (load + schedule {n} sites) | {:.2} s |",
+        startup.as_secs_f64()
+    );
+    println!(
+        "| reload via POST /-/reload, median of {RELOADS} | {:.0} ms |",
+        median(times.clone()).as_secs_f64() * 1e3
+    );
+    println!(
+        "| reload via POST /-/reload, slowest | {:.0} ms |",
+        times.iter().max().unwrap().as_secs_f64() * 1e3
+    );
+    println!(
+        "| probes arriving, quiet window ({:.0} s) | {quiet_probes} |",
+        (quiet_to - quiet_from).as_secs_f64()
+    );
+    println!(
+        "| probes arriving, reload window ({:.0} s) | {reload_probes} |",
+        (reload_to - reload_from).as_secs_f64()
+    );
+    println!(
+        "| longest gap between probes, quiet window | {:.0} ms |",
+        quiet_gap.as_secs_f64() * 1e3
+    );
+    println!(
+        "| longest gap between probes, during reloads | {:.0} ms |",
+        reload_gap.as_secs_f64() * 1e3
+    );
     println!("| exporter resident memory after reloads | {rss:.0} MiB |");
 }

@@ -1,0 +1,622 @@
+//! Scale and cost, side by side with blackbox_exporter. Run with `bench/run` (or
+//! `cargo bench --bench scale`); knobs are environment variables:
+//!
+//! - `QUICK=1`: small sizes and short windows, to check the harness itself (~2 min).
+//! - `SOAK_MINUTES=60`: the hour-long soak (default 2 minutes).
+//! - `BLACKBOX=/path/to/blackbox_exporter` (default: `prometheus-blackbox-exporter` on PATH).
+//! - `EXPORTER_CPU=1`, `FARM_CPU=0`: the cores the exporters and the targets run on.
+//!
+//! The farm: HTTP listeners on 127.0.0.1-127.0.0.4 (4 ports each) and HTTPS listeners on
+//! 127.0.0.1 (4 ports), serving a 4 KiB page. The site mix: 80% fast pages, 10% slow (20-300 ms),
+//! 5% answering 500, 5% hanging past the 2 s timeout. Every request the farm receives is
+//! counted; an exporter's CPU time (utime + stime from /proc) divided by the requests it made
+//! is its CPU per probe. Both exporters are pinned to the same core and get the same targets.
+//! Traffic stays on loopback.
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sitewatch::demo::{respond, serve_target, TestCertificate};
+use tokio::net::TcpListener;
+
+const PAGE: [u8; 4096] = [b'x'; 4096];
+
+struct Farm {
+    http: Vec<SocketAddr>,
+    https: Vec<SocketAddr>,
+    hits: Arc<AtomicU64>,
+    ca: std::path::PathBuf,
+}
+
+async fn farm(dir: &Path) -> Farm {
+    let hits = Arc::new(AtomicU64::new(0));
+    let not_after = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+        + 90 * 86_400;
+    let cert = TestCertificate::generate(not_after).unwrap();
+    let ca = dir.join("farm-ca.pem");
+    std::fs::write(&ca, &cert.ca_pem).unwrap();
+    let tls = cert.server_config().unwrap();
+    let mut http = Vec::new();
+    let mut https = Vec::new();
+    for host in 1..=4u8 {
+        for _ in 0..4 {
+            let l = TcpListener::bind(SocketAddr::from((Ipv4Addr::new(127, 0, 0, host), 0)))
+                .await
+                .unwrap();
+            http.push(l.local_addr().unwrap());
+            tokio::spawn(serve_target(l, None, handler(hits.clone())));
+        }
+    }
+    for _ in 0..4 {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        https.push(l.local_addr().unwrap());
+        tokio::spawn(serve_target(l, Some(tls.clone()), handler(hits.clone())));
+    }
+    Farm {
+        http,
+        https,
+        hits,
+        ca,
+    }
+}
+
+type Reply = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = http::Response<http_body_util::Full<bytes::Bytes>>> + Send,
+    >,
+>;
+
+fn handler(
+    hits: Arc<AtomicU64>,
+) -> impl Fn(http::Request<hyper::body::Incoming>) -> Reply + Clone + Send + Sync + 'static {
+    move |req| {
+        hits.fetch_add(1, Ordering::Relaxed);
+        let path = req.uri().path().to_string();
+        let ms: u64 = req
+            .uri()
+            .query()
+            .and_then(|q| q.strip_prefix("ms="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        Box::pin(async move {
+            match path.as_str() {
+                "/slow" | "/hang" => {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    respond(200, &PAGE[..])
+                }
+                "/err" => respond(500, "error"),
+                _ => respond(200, &PAGE[..]),
+            }
+        })
+    }
+}
+
+/// The path of site `i` in the realistic mix (only fast pages when `fast_only`).
+fn mix_path(i: usize, fast_only: bool) -> String {
+    if fast_only {
+        return "/ok".into();
+    }
+    match i % 100 {
+        0..=79 => "/ok".into(),
+        80..=89 => format!("/slow?ms={}", 20 + (i * 37) % 280),
+        90..=94 => "/err".into(),
+        _ => "/hang?ms=10000".into(),
+    }
+}
+
+fn target_url(farm: &Farm, i: usize, tls: bool, fast_only: bool) -> String {
+    let path = mix_path(i, fast_only);
+    if tls {
+        format!("https://{}{}", farm.https[i % farm.https.len()], path)
+    } else {
+        format!("http://{}{}", farm.http[i % farm.http.len()], path)
+    }
+}
+
+fn sitewatch_config(farm: &Farm, n: usize, interval: &str, tls: bool, fast_only: bool) -> String {
+    let mut out = String::with_capacity(n * 80);
+    let _ = write!(
+        out,
+        "defaults: {{ interval: {interval}, timeout: 2s, tls: {{ ca_file: {} }} }}\nsites:\n",
+        farm.ca.display()
+    );
+    for i in 0..n {
+        let _ = writeln!(
+            out,
+            "  - id: s{i}\n    url: {}",
+            target_url(farm, i, tls, fast_only)
+        );
+    }
+    out
+}
+
+/// CPU seconds (user + system) a process has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // Fields 14 and 15 of stat (utime, stime) are 11 and 12 after the command name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map(|kib| kib / 1024.0)
+        .unwrap_or(0.0)
+}
+
+struct Proc {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn exporter_cpu() -> String {
+    std::env::var("EXPORTER_CPU").unwrap_or_else(|_| "1".into())
+}
+
+fn start_sitewatch(config: &Path) -> Proc {
+    let mut child = Command::new("taskset")
+        .args(["-c", &exporter_cpu(), env!("CARGO_BIN_EXE_sitewatch")])
+        .args([
+            "run",
+            "--web.listen-address",
+            "127.0.0.1:0",
+            "--log.level",
+            "warn,sitewatch=info",
+        ])
+        .args(["--probes.max-in-flight", "4096", "--config"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start sitewatch");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let msg = match line.split("address=").nth(1) {
+                Some(rest) => Ok(rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string()),
+                None => Err(line),
+            };
+            let _ = tx.send(msg);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut said = Vec::new();
+    loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(Ok(addr)) => return Proc { child, addr },
+            Ok(Err(line)) => said.push(line),
+            Err(_) => panic!("sitewatch did not start:\n{}", said.join("\n")),
+        }
+    }
+}
+
+fn start_blackbox(bin: &str, dir: &Path, ca: &Path) -> Option<Proc> {
+    let config = dir.join("blackbox.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "modules:\n  http_2xx:\n    prober: http\n    timeout: 2s\n    http:\n      preferred_ip_protocol: ip4\n\
+             \x20 https_2xx:\n    prober: http\n    timeout: 2s\n    http:\n      preferred_ip_protocol: ip4\n      tls_config:\n        ca_file: {}\n",
+            ca.display()
+        ),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let child = Command::new("taskset")
+        .args(["-c", &exporter_cpu(), bin])
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--web.listen-address={addr}"))
+        .arg("--log.level=error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    Some(Proc { child, addr })
+}
+
+async fn wait_http(url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if reqwest::get(url)
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{url} did not come up");
+}
+
+/// One CPU-per-probe measurement.
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    probes_per_s: f64,
+    cpu_per_probe_us: f64,
+    core_share: f64,
+}
+
+async fn measure_cpu(pid: u32, hits: &AtomicU64, window: Duration) -> Cpu {
+    let (c0, h0, t0) = (
+        cpu_seconds(pid),
+        hits.load(Ordering::Relaxed),
+        Instant::now(),
+    );
+    tokio::time::sleep(window).await;
+    let (c1, h1, secs) = (
+        cpu_seconds(pid),
+        hits.load(Ordering::Relaxed),
+        t0.elapsed().as_secs_f64(),
+    );
+    let probes = (h1 - h0) as f64;
+    Cpu {
+        probes_per_s: probes / secs,
+        cpu_per_probe_us: (c1 - c0) / probes.max(1.0) * 1e6,
+        core_share: (c1 - c0) / secs,
+    }
+}
+
+struct Sizes {
+    quick: bool,
+    window: Duration,
+}
+
+async fn sitewatch_cpu(farm: &Farm, dir: &Path, tls: bool, saturate: bool, s: &Sizes) -> Cpu {
+    // Fixed: 100 probes/s of the realistic mix. Saturation: fast pages, far more than one core can do.
+    let (n, interval, fast) = match (saturate, s.quick) {
+        (false, _) => (1000, "10s", false),
+        (true, false) => (if tls { 4000 } else { 8000 }, "1s", true),
+        (true, true) => (2000, "1s", true),
+    };
+    let path = dir.join("cpu.yaml");
+    std::fs::write(&path, sitewatch_config(farm, n, interval, tls, fast)).unwrap();
+    let p = start_sitewatch(&path);
+    // Sites start spread over one interval; measure after the first one.
+    tokio::time::sleep(parse_secs(interval) + Duration::from_secs(2)).await;
+    measure_cpu(p.child.id(), &farm.hits, s.window).await
+}
+
+fn parse_secs(s: &str) -> Duration {
+    humantime::parse_duration(s).unwrap()
+}
+
+async fn blackbox_cpu(farm: &Farm, bb: &Proc, tls: bool, saturate: bool, s: &Sizes) -> Cpu {
+    let module = if tls { "https_2xx" } else { "http_2xx" };
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(512)
+        .build()
+        .unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    let url = |i: usize| {
+        format!(
+            "http://{}/probe?module={module}&target={}",
+            bb.addr,
+            target_url(farm, i, tls, saturate)
+        )
+    };
+    if saturate {
+        // Closed loop: 256 concurrent callers, each probing as fast as blackbox answers.
+        for w in 0..256 {
+            let (client, stop) = (client.clone(), stop.clone());
+            let urls: Vec<String> = (0..64).map(|k| url(w * 64 + k)).collect();
+            tasks.push(tokio::spawn(async move {
+                let mut k = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = client
+                        .get(&urls[k % urls.len()])
+                        .send()
+                        .await
+                        .map(|r| r.bytes());
+                    k += 1;
+                }
+            }));
+        }
+    } else {
+        // Open loop at 100 probes/s, as Prometheus scraping 1000 targets every 10 s would.
+        let (client, stop) = (client.clone(), stop.clone());
+        let urls: Vec<String> = (0..1000).map(url).collect();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            let mut k = 0;
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let (client, u) = (client.clone(), urls[k % urls.len()].clone());
+                tokio::spawn(async move {
+                    if let Ok(r) = client.get(&u).send().await {
+                        let _ = r.bytes().await;
+                    }
+                });
+                k += 1;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let cpu = measure_cpu(bb.child.id(), &farm.hits, s.window).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.abort();
+    }
+    // Let hanging probes drain before the next measurement.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cpu
+}
+
+/// Median time and size of a `/metrics` scrape.
+async fn scrape(addr: &str) -> (Duration, usize) {
+    let mut times = Vec::new();
+    let mut size = 0;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let body = reqwest::get(format!("http://{addr}/metrics"))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        times.push(t.elapsed());
+        size = body.len();
+    }
+    times.sort();
+    (times[1], size)
+}
+
+/// Scrapes only the exporter's own metrics (skipping per-site series) from a full scrape.
+async fn health(addr: &str) -> String {
+    let body = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    body.lines()
+        .filter(|l| {
+            l.starts_with("sitewatch_schedule_lag") || l.starts_with("sitewatch_probes_skipped")
+        })
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// `(le, cumulative count)` of the lag histogram, and the skipped counter.
+fn lag_buckets(text: &str) -> (Vec<(f64, f64)>, f64) {
+    let mut buckets = Vec::new();
+    let mut skipped = 0.0;
+    for l in text.lines() {
+        let Some((series, v)) = l.rsplit_once(' ') else {
+            continue;
+        };
+        let v: f64 = v.parse().unwrap_or(0.0);
+        if let Some(le) = series.strip_prefix("sitewatch_schedule_lag_seconds_bucket{le=\"") {
+            let le = le.trim_end_matches("\"}");
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap_or(0.0)
+            };
+            buckets.push((le, v));
+        } else if series == "sitewatch_probes_skipped_total" {
+            skipped = v;
+        }
+    }
+    (buckets, skipped)
+}
+
+/// A quantile from cumulative buckets (upper bound of the bucket holding it).
+fn quantile(buckets: &[(f64, f64)], q: f64) -> f64 {
+    let total = buckets.last().map(|b| b.1).unwrap_or(0.0);
+    buckets
+        .iter()
+        .find(|(_, c)| *c >= q * total)
+        .map(|b| b.0)
+        .unwrap_or(f64::NAN)
+}
+
+fn diff(a: &[(f64, f64)], b: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    b.iter().zip(a).map(|(x, y)| (x.0, x.1 - y.1)).collect()
+}
+
+#[tokio::main]
+async fn main() {
+    let quick = std::env::var("QUICK").is_ok_and(|v| v == "1");
+    let soak_minutes: u64 = std::env::var("SOAK_MINUTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if quick { 1 } else { 2 });
+    let bb_bin =
+        std::env::var("BLACKBOX").unwrap_or_else(|_| "prometheus-blackbox-exporter".into());
+    let sizes = Sizes {
+        quick,
+        window: Duration::from_secs(if quick { 5 } else { 20 }),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let farm = farm(dir.path()).await;
+    let mut out = String::new();
+    let date = Command::new("date")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "sitewatch scale benchmark, {date}, quick={quick}, exporters on CPU {}",
+        exporter_cpu()
+    );
+
+    // 1 and 2: CPU per probe, side by side.
+    let _ = writeln!(out, "\n| CPU per probe | sitewatch probes/s | sitewatch µs/probe | blackbox probes/s | blackbox µs/probe | sitewatch / blackbox |");
+    let _ = writeln!(out, "|---|---|---|---|---|---|");
+    let bb = start_blackbox(&bb_bin, dir.path(), &farm.ca);
+    if let Some(bb) = &bb {
+        wait_http(&format!("http://{}/metrics", bb.addr)).await;
+    }
+    for (tls, saturate, label) in [
+        (false, false, "HTTP, 100 probes/s, realistic mix"),
+        (false, true, "HTTP, saturation, fast pages"),
+        (
+            true,
+            false,
+            "HTTPS (full handshake), 100 probes/s, realistic mix",
+        ),
+        (true, true, "HTTPS (full handshake), saturation, fast pages"),
+    ] {
+        let sw = sitewatch_cpu(&farm, dir.path(), tls, saturate, &sizes).await;
+        let bbc = match &bb {
+            Some(bb) => Some(blackbox_cpu(&farm, bb, tls, saturate, &sizes).await),
+            None => None,
+        };
+        let (bps, bcpu, ratio) = match bbc {
+            Some(b) => (
+                format!("{:.0}", b.probes_per_s),
+                format!(
+                    "{:.0} ({:.0}% of a core)",
+                    b.cpu_per_probe_us,
+                    b.core_share * 100.0
+                ),
+                format!("{:.2}", sw.cpu_per_probe_us / b.cpu_per_probe_us),
+            ),
+            None => (
+                "not run".into(),
+                "blackbox_exporter not installed".into(),
+                "-".into(),
+            ),
+        };
+        let _ = writeln!(
+            out,
+            "| {label} | {:.0} | {:.0} ({:.0}% of a core) | {bps} | {bcpu} | {ratio} |",
+            sw.probes_per_s,
+            sw.cpu_per_probe_us,
+            sw.core_share * 100.0
+        );
+        eprint!("{out}");
+        out.clear();
+    }
+    let bb_rss = bb.as_ref().map(|b| rss_mib(b.child.id()));
+    drop(bb);
+
+    // 3, 4, 5: memory, scrape, schedule at 1k, 10k, 100k sites with a 60 s interval.
+    let _ = writeln!(out, "\n| sites (60 s interval, realistic mix) | RSS | RSS per 1,000 sites | /metrics time | /metrics size | lag p50 | lag p99 | skipped | CPU |");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
+    let counts: &[usize] = if quick {
+        &[1_000, 10_000]
+    } else {
+        &[1_000, 10_000, 100_000]
+    };
+    for &n in counts {
+        let path = dir.join_sites(n);
+        std::fs::write(&path, sitewatch_config(&farm, n, "60s", false, false)).unwrap();
+        let p = start_sitewatch(&path);
+        let pid = p.child.id();
+        // One full interval so every site has probed, then a second one to measure the schedule.
+        let settle = if quick {
+            Duration::from_secs(15)
+        } else {
+            Duration::from_secs(62)
+        };
+        tokio::time::sleep(settle).await;
+        let (b0, s0) = lag_buckets(&health(&p.addr).await);
+        let c0 = cpu_seconds(pid);
+        let t0 = Instant::now();
+        tokio::time::sleep(if quick {
+            Duration::from_secs(10)
+        } else {
+            Duration::from_secs(60)
+        })
+        .await;
+        let (b1, s1) = lag_buckets(&health(&p.addr).await);
+        let cpu = (cpu_seconds(pid) - c0) / t0.elapsed().as_secs_f64();
+        let rss = rss_mib(pid);
+        let (t, size) = scrape(&p.addr).await;
+        let lag = diff(&b0, &b1);
+        let _ = writeln!(
+            out,
+            "| {n} | {rss:.0} MiB | {:.1} MiB | {:.0} ms | {:.1} MiB | ≤ {} s | ≤ {} s | {} | {:.0}% of a core |",
+            rss / n as f64 * 1000.0,
+            t.as_secs_f64() * 1e3,
+            size as f64 / (1 << 20) as f64,
+            quantile(&lag, 0.5),
+            quantile(&lag, 0.99),
+            s1 - s0,
+            cpu * 100.0
+        );
+    }
+    if let Some(rss) = bb_rss {
+        let _ = writeln!(out, "| blackbox_exporter (no per-site state; RSS after the CPU runs) | {rss:.0} MiB | - | - | - | - | - | - | - |");
+    }
+    eprint!("{out}");
+    out.clear();
+
+    // 6: soak.
+    let n = 10_000;
+    let path = dir.join_sites(n);
+    std::fs::write(&path, sitewatch_config(&farm, n, "30s", false, false)).unwrap();
+    let p = start_sitewatch(&path);
+    let step = if quick {
+        Duration::from_secs(10)
+    } else {
+        Duration::from_secs(60)
+    };
+    let steps = soak_minutes * 60 / step.as_secs();
+    let mut samples = Vec::new();
+    for _ in 0..steps {
+        tokio::time::sleep(step).await;
+        samples.push(rss_mib(p.child.id()));
+        eprintln!(
+            "soak: {} MiB after {} s",
+            samples.last().unwrap(),
+            samples.len() as u64 * step.as_secs()
+        );
+    }
+    let tenth = samples[(samples.len() / 6).min(samples.len() - 1)];
+    let last = *samples.last().unwrap();
+    let _ = writeln!(
+        out,
+        "\nsoak: {n} sites, 30 s interval, {soak_minutes} min: RSS at 1/6 of the run {tenth:.0} MiB, at the end {last:.0} MiB ({:+.1}%); samples: {}",
+        (last - tenth) / tenth * 100.0,
+        samples.iter().map(|s| format!("{s:.0}")).collect::<Vec<_>>().join(" ")
+    );
+    eprint!("{out}");
+}
+
+trait JoinSites {
+    fn join_sites(&self, n: usize) -> std::path::PathBuf;
+}
+
+impl JoinSites for tempfile::TempDir {
+    fn join_sites(&self, n: usize) -> std::path::PathBuf {
+        self.path().join(format!("sites-{n}.yaml"))
+    }
+}
