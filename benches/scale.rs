@@ -451,6 +451,10 @@ fn diff(a: &[(f64, f64)], b: &[(f64, f64)]) -> Vec<(f64, f64)> {
 
 #[tokio::main]
 async fn main() {
+    // `cargo test --all-targets` runs bench binaries without `--bench`: only build them then.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
     let quick = std::env::var("QUICK").is_ok_and(|v| v == "1");
     let soak_minutes: u64 = std::env::var("SOAK_MINUTES")
         .ok()
