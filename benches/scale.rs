@@ -2,6 +2,7 @@
 //! `cargo bench --bench scale`); knobs are environment variables:
 //!
 //! - `QUICK=1`: small sizes and short windows, to check the harness itself (~2 min).
+//! - `PARTS=cpu,scale,soak`: which parts to run (default all).
 //! - `SOAK_MINUTES=60`: the hour-long soak (default 2 minutes).
 //! - `BLACKBOX=/path/to/blackbox_exporter` (default: `prometheus-blackbox-exporter` on PATH).
 //! - `EXPORTER_CPU=1`, `FARM_CPU=0`: the cores the exporters and the targets run on.
@@ -126,8 +127,10 @@ fn sitewatch_config(farm: &Farm, n: usize, interval: &str, tls: bool, fast_only:
     let mut out = String::with_capacity(n * 80);
     let _ = write!(
         out,
-        "defaults: {{ interval: {interval}, timeout: 2s, tls: {{ ca_file: {} }} }}\nsites:\n",
-        farm.ca.display()
+        "defaults: {{ interval: {interval}, timeout: {timeout}, tls: {{ ca_file: {} }} }}\nsites:\n",
+        farm.ca.display(),
+        // A timeout may not exceed the interval.
+        timeout = if interval == "1s" { "1s" } else { "2s" }
     );
     for i in 0..n {
         let _ = writeln!(
@@ -299,7 +302,7 @@ async fn sitewatch_cpu(farm: &Farm, dir: &Path, tls: bool, saturate: bool, s: &S
     // Fixed: 100 probes/s of the realistic mix. Saturation: fast pages, far more than one core can do.
     let (n, interval, fast) = match (saturate, s.quick) {
         (false, _) => (1000, "10s", false),
-        (true, false) => (if tls { 4000 } else { 8000 }, "1s", true),
+        (true, false) => (if tls { 6000 } else { 16000 }, "1s", true),
         (true, true) => (2000, "1s", true),
     };
     let path = dir.join("cpu.yaml");
@@ -466,6 +469,8 @@ async fn main() {
         quick,
         window: Duration::from_secs(if quick { 5 } else { 20 }),
     };
+    let parts = std::env::var("PARTS").unwrap_or_else(|_| "cpu,scale,soak".into());
+    let run = |part: &str| parts.split(',').any(|p| p.trim() == part);
     let dir = tempfile::tempdir().unwrap();
     let farm = farm(dir.path()).await;
     let mut out = String::new();
@@ -483,10 +488,15 @@ async fn main() {
     // 1 and 2: CPU per probe, side by side.
     let _ = writeln!(out, "\n| CPU per probe | sitewatch probes/s | sitewatch µs/probe | blackbox probes/s | blackbox µs/probe | sitewatch / blackbox |");
     let _ = writeln!(out, "|---|---|---|---|---|---|");
-    let bb = start_blackbox(&bb_bin, dir.path(), &farm.ca);
+    let bb = if run("cpu") {
+        start_blackbox(&bb_bin, dir.path(), &farm.ca)
+    } else {
+        None
+    };
     if let Some(bb) = &bb {
         wait_http(&format!("http://{}/metrics", bb.addr)).await;
     }
+    let cpu_runs = if run("cpu") { 4 } else { 0 };
     for (tls, saturate, label) in [
         (false, false, "HTTP, 100 probes/s, realistic mix"),
         (false, true, "HTTP, saturation, fast pages"),
@@ -496,7 +506,10 @@ async fn main() {
             "HTTPS (full handshake), 100 probes/s, realistic mix",
         ),
         (true, true, "HTTPS (full handshake), saturation, fast pages"),
-    ] {
+    ]
+    .into_iter()
+    .take(cpu_runs)
+    {
         let sw = sitewatch_cpu(&farm, dir.path(), tls, saturate, &sizes).await;
         let bbc = match &bb {
             Some(bb) => Some(blackbox_cpu(&farm, bb, tls, saturate, &sizes).await),
@@ -534,7 +547,9 @@ async fn main() {
     // 3, 4, 5: memory, scrape, schedule at 1k, 10k, 100k sites with a 60 s interval.
     let _ = writeln!(out, "\n| sites (60 s interval, realistic mix) | RSS | RSS per 1,000 sites | /metrics time | /metrics size | lag p50 | lag p99 | skipped | CPU |");
     let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
-    let counts: &[usize] = if quick {
+    let counts: &[usize] = if !run("scale") {
+        &[]
+    } else if quick {
         &[1_000, 10_000]
     } else {
         &[1_000, 10_000, 100_000]
@@ -584,6 +599,9 @@ async fn main() {
     out.clear();
 
     // 6: soak.
+    if !run("soak") {
+        return;
+    }
     let n = 10_000;
     let path = dir.join_sites(n);
     std::fs::write(&path, sitewatch_config(&farm, n, "30s", false, false)).unwrap();
