@@ -151,19 +151,17 @@ impl SiteTable {
         let Some(series) = self.sites.read().expect("sites lock").get(key).cloned() else {
             return;
         };
-        let bounds = self
-            .settings
-            .read()
-            .expect("settings lock")
-            .histogram_buckets
-            .clone();
         let secs = result.duration.as_secs_f64();
+        let i = {
+            let settings = self.settings.read().expect("settings lock");
+            let bounds = &settings.histogram_buckets;
+            bounds
+                .iter()
+                .position(|b| secs <= *b)
+                .unwrap_or(bounds.len())
+        };
         let mut st = series.state.lock().expect("site lock");
         st.counts[result.class.index()] += 1;
-        let i = bounds
-            .iter()
-            .position(|b| secs <= *b)
-            .unwrap_or(bounds.len());
         if let Some(b) = st.buckets.get_mut(i) {
             *b += 1;
         }
