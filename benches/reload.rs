@@ -8,13 +8,14 @@
 //! longest gap between probe arrivals at the target during the reloads, next to the longest
 //! gap in a quiet window of the same length before them. Traffic stays on 127.0.0.1.
 
-use std::io::{BufRead, BufReader};
+mod support;
+
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sitewatch::demo::{respond, serve_target};
+use support::{rss_mib, start_sitewatch};
 use tokio::net::TcpListener;
 
 const RELOADS: usize = 5;
@@ -48,18 +49,6 @@ fn max_gap(arrivals: &[Instant], from: Instant, to: Instant) -> (Duration, usize
     (gap, inside.len())
 }
 
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map(|kib| kib / 1024.0)
-        .unwrap_or(0.0)
-}
-
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -89,39 +78,10 @@ async fn main() {
     std::fs::write(&path, config(n, target, 0)).unwrap();
 
     let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sitewatch"))
-        .args([
-            "run",
-            "--web.listen-address",
-            "127.0.0.1:0",
-            "--log.level",
-            "warn,sitewatch=info",
-            "--config",
-        ])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start sitewatch");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("address=").nth(1) {
-                let _ = tx.send(
-                    rest.split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_string(),
-                );
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(300))
-        .expect("exporter started");
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let exporter = start_sitewatch(&path, &format!("0-{}", cpus - 1));
     let startup = started.elapsed();
-    let pid = child.id();
+    let (addr, pid) = (exporter.addr.clone(), exporter.child.id());
 
     // Let the schedule settle, then measure a quiet window as the baseline.
     let window = Duration::from_secs(10);
@@ -155,8 +115,7 @@ async fn main() {
     let all = arrivals.lock().unwrap().clone();
     let (quiet_gap, quiet_probes) = max_gap(&all, quiet_from, quiet_to);
     let (reload_gap, reload_probes) = max_gap(&all, reload_from, reload_to);
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(exporter);
 
     println!("sitewatch reload benchmark: {n} sites, interval 10m, one site changed per reload");
     println!("| figure | value |");

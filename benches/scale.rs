@@ -14,16 +14,18 @@
 //! is its CPU per probe. Both exporters are pinned to the same core and get the same targets.
 //! Traffic stays on loopback.
 
+mod support;
+
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sitewatch::demo::{respond, serve_target, TestCertificate};
+use support::{cpu_seconds, rss_mib, start_sitewatch, Proc};
 use tokio::net::TcpListener;
 
 const PAGE: [u8; 4096] = [b'x'; 4096];
@@ -142,84 +144,8 @@ fn sitewatch_config(farm: &Farm, n: usize, interval: &str, tls: bool, fast_only:
     out
 }
 
-/// CPU seconds (user + system) a process has used.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // Fields 14 and 15 of stat (utime, stime) are 11 and 12 after the command name.
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map(|kib| kib / 1024.0)
-        .unwrap_or(0.0)
-}
-
-struct Proc {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn exporter_cpu() -> String {
     std::env::var("EXPORTER_CPU").unwrap_or_else(|_| "1".into())
-}
-
-fn start_sitewatch(config: &Path) -> Proc {
-    let mut child = Command::new("taskset")
-        .args(["-c", &exporter_cpu(), env!("CARGO_BIN_EXE_sitewatch")])
-        .args([
-            "run",
-            "--web.listen-address",
-            "127.0.0.1:0",
-            "--log.level",
-            "warn,sitewatch=info",
-        ])
-        .args(["--probes.max-in-flight", "4096", "--config"])
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start sitewatch");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let msg = match line.split("address=").nth(1) {
-                Some(rest) => Ok(rest
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .to_string()),
-                None => Err(line),
-            };
-            let _ = tx.send(msg);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let mut said = Vec::new();
-    loop {
-        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(Ok(addr)) => return Proc { child, addr },
-            Ok(Err(line)) => said.push(line),
-            Err(_) => panic!("sitewatch did not start:\n{}", said.join("\n")),
-        }
-    }
 }
 
 fn start_blackbox(bin: &str, dir: &Path, ca: &Path) -> Option<Proc> {
@@ -307,7 +233,7 @@ async fn sitewatch_cpu(farm: &Farm, dir: &Path, tls: bool, saturate: bool, s: &S
     };
     let path = dir.join("cpu.yaml");
     std::fs::write(&path, sitewatch_config(farm, n, interval, tls, fast)).unwrap();
-    let p = start_sitewatch(&path);
+    let p = start_sitewatch(&path, &exporter_cpu());
     // Sites start spread over one interval; measure after the first one.
     tokio::time::sleep(parse_secs(interval) + Duration::from_secs(2)).await;
     measure_cpu(p.child.id(), &farm.hits, s.window).await
@@ -557,7 +483,7 @@ async fn main() {
     for &n in counts {
         let path = dir.join_sites(n);
         std::fs::write(&path, sitewatch_config(&farm, n, "60s", false, false)).unwrap();
-        let p = start_sitewatch(&path);
+        let p = start_sitewatch(&path, &exporter_cpu());
         let pid = p.child.id();
         // One full interval so every site has probed, then a second one to measure the schedule.
         let settle = if quick {
@@ -605,7 +531,7 @@ async fn main() {
     let n = 10_000;
     let path = dir.join_sites(n);
     std::fs::write(&path, sitewatch_config(&farm, n, "30s", false, false)).unwrap();
-    let p = start_sitewatch(&path);
+    let p = start_sitewatch(&path, &exporter_cpu());
     let step = if quick {
         Duration::from_secs(10)
     } else {

@@ -57,11 +57,7 @@ fn pipe(cmd: &mut Command, input: &str) -> (bool, String) {
 async fn metrics_pass_promtool_check_metrics() {
     let t = healthy_target().await;
     let ex = Exporter::start(&two_sites(t));
-    ex.wait_for("both sites probed", |s| {
-        (s.site("up", "probe_success").is_some() && s.site("down", "probe_success").is_some())
-            .then_some(())
-    })
-    .await;
+    ex.probed_all(&["up", "down"]).await;
     let resp = reqwest::get(ex.url("/metrics")).await.unwrap();
     assert_eq!(
         resp.headers()["content-type"],
@@ -175,11 +171,7 @@ async fn health_and_readiness_endpoints() {
 async fn a_bad_reload_keeps_the_running_config_and_a_good_one_applies() {
     let t = healthy_target().await;
     let ex = Exporter::start(&two_sites(t));
-    ex.wait_for("both sites probed", |s| {
-        (s.site("up", "probe_success").is_some() && s.site("down", "probe_success").is_some())
-            .then_some(())
-    })
-    .await;
+    ex.probed_all(&["up", "down"]).await;
     let client = reqwest::Client::new();
 
     std::fs::write(ex.config_path(), "sites:\n  - id: up\n    url: not a url\n").unwrap();

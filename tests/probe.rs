@@ -182,17 +182,7 @@ async fn failures_are_classified() {
         "missing",
         "not-found-ok",
     ];
-    let s = ex
-        .wait_for("every site probed", |s| {
-            sites
-                .iter()
-                .all(|id| {
-                    s.site(id, "sitewatch_probe_last_timestamp_seconds")
-                        .is_some()
-                })
-                .then(|| s.clone())
-        })
-        .await;
+    let s = ex.probed_all(&sites).await;
     let expect = |id: &str, result: &str| {
         assert_eq!(s.site(id, "probe_success"), Some(0.0), "{id}");
         assert!(
@@ -233,12 +223,7 @@ async fn redirects_are_followed_counted_and_loops_detected() {
          \x20 - id: not-followed\n    url: http://{t}/r1\n    follow_redirects: false\n    valid_status: [302]\n"
     )));
     let s = ex
-        .wait_for("every site probed", |s| {
-            ["chain", "loop", "limited", "not-followed"]
-                .iter()
-                .all(|id| s.site(id, "probe_success").is_some())
-                .then(|| s.clone())
-        })
+        .probed_all(&["chain", "loop", "limited", "not-followed"])
         .await;
     assert_eq!(s.site("chain", "probe_success"), Some(1.0));
     assert_eq!(s.site("chain", "probe_http_redirects"), Some(3.0));
@@ -288,12 +273,7 @@ async fn tls_expiry_is_reported_to_the_second() {
         ca = ca.display()
     )));
     let s = ex
-        .wait_for("every site probed", |s| {
-            ["trusted", "by-name", "untrusted", "insecure", "wrong-name"]
-                .iter()
-                .all(|id| s.site(id, "probe_success").is_some())
-                .then(|| s.clone())
-        })
+        .probed_all(&["trusted", "by-name", "untrusted", "insecure", "wrong-name"])
         .await;
     for id in ["trusted", "by-name", "insecure"] {
         assert_eq!(s.site(id, "probe_success"), Some(1.0), "{id}:\n{}", s.text);
@@ -340,13 +320,7 @@ async fn basic_auth_and_bearer_tokens_come_from_files_and_env() {
         &[("PROBE_PW", "s3cr3t"), ("PROBE_TOKEN", "tok-123")],
     );
     let ids = ["auth-ok", "auth-refused", "auth-env", "bearer", "no-auth"];
-    let s = ex
-        .wait_for("every site probed", |s| {
-            ids.iter()
-                .all(|id| s.site(id, "probe_success").is_some())
-                .then(|| s.clone())
-        })
-        .await;
+    let s = ex.probed_all(&ids).await;
     for id in ["auth-ok", "auth-env", "bearer"] {
         assert_eq!(s.site(id, "probe_success"), Some(1.0), "{id}");
     }
@@ -373,14 +347,7 @@ async fn names_resolve_through_the_configured_name_server() {
          \x20 - id: by-name\n    url: http://shop.sitewatch.test:{port}/healthy\n\
          \x20 - id: nxdomain\n    url: http://missing.sitewatch.test:{port}/healthy\n"
     ));
-    let s = ex
-        .wait_for("both sites probed", |s| {
-            ["by-name", "nxdomain"]
-                .iter()
-                .all(|id| s.site(id, "probe_success").is_some())
-                .then(|| s.clone())
-        })
-        .await;
+    let s = ex.probed_all(&["by-name", "nxdomain"]).await;
     assert_eq!(
         s.site("by-name", "probe_success"),
         Some(1.0),
@@ -439,14 +406,7 @@ async fn method_headers_and_user_agent_are_sent() {
         "  - id: post\n    url: http://{t}/echo-method\n    method: POST\n    body: '{{\"ping\":1}}'\n    regex: 'method=POST ua=Some\\(\"sitewatch/'\n\
          \x20 - id: custom-ua\n    url: http://{t}/echo-method\n    headers: {{ user-agent: probe-bot }}\n    regex: 'ua=Some\\(\"probe-bot\"\\)'\n"
     )));
-    let s: Scrape = ex
-        .wait_for("both probed", |s| {
-            ["post", "custom-ua"]
-                .iter()
-                .all(|id| s.site(id, "probe_success").is_some())
-                .then(|| s.clone())
-        })
-        .await;
+    let s: Scrape = ex.probed_all(&["post", "custom-ua"]).await;
     assert_eq!(s.site("post", "probe_success"), Some(1.0), "{}", s.text);
     assert_eq!(
         s.site("custom-ua", "probe_success"),

@@ -144,6 +144,16 @@ impl Exporter {
         .await
     }
 
+    /// Waits until every site of `ids` has a `probe_success` and returns the scrape.
+    pub async fn probed_all(&self, ids: &[&str]) -> Scrape {
+        self.wait_for(&format!("probes of {ids:?}"), |s| {
+            ids.iter()
+                .all(|id| s.site(id, "probe_success").is_some())
+                .then(|| s.clone())
+        })
+        .await
+    }
+
     pub fn logs(&self) -> String {
         self.logs.lock().unwrap().join("\n")
     }
