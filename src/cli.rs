@@ -59,6 +59,9 @@ pub struct ServeArgs {
     /// At most this many probes run at once.
     #[arg(long = "probes.max-in-flight", default_value_t = crate::scheduler::DEFAULT_MAX_IN_FLIGHT)]
     pub max_in_flight: usize,
+    /// Probe results kept for followers of /api/v1/results (the keeper).
+    #[arg(long = "results.buffer-size", default_value_t = crate::results::DEFAULT_CAPACITY)]
+    pub results_capacity: usize,
     /// Time probes in flight get to finish at shutdown.
     #[arg(long = "shutdown.grace", default_value = "15s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: std::time::Duration,
@@ -167,6 +170,7 @@ async fn serve_exporter(config: PathBuf, serve: ServeArgs) -> ExitCode {
         location: serve.location,
         max_in_flight: serve.max_in_flight,
         shutdown_grace: serve.shutdown_grace,
+        results_capacity: serve.results_capacity,
         ..RunOptions::new(config)
     };
     match run(listener, options, shutdown_signal()).await {

@@ -6,6 +6,7 @@
 //! - [`probe`]: one probe of one [`config::Site`] -> [`probe::ProbeResult`].
 //! - [`scheduler`]: one task per site, on its interval, under a global bound on probes in flight.
 //! - [`metrics`]: per-site series from the last [`probe::ProbeResult`], exporter health, `process_*`.
+//! - [`results`]: the recent-results log with sequence numbers, for followers (the keeper).
 //! - [`server`]: `/metrics`, `/-/healthy`, `/-/ready`, `/-/reload`.
 //! - [`watch`]: reloads when the config file or directory changes (notify, debounced).
 //! - [`demo`]: built-in loopback targets for `sitewatch demo`.
@@ -23,6 +24,7 @@ pub mod demo;
 pub mod metrics;
 pub mod probe;
 pub mod resolve;
+pub mod results;
 pub mod scheduler;
 pub mod server;
 pub mod tls;
@@ -73,6 +75,8 @@ pub struct RunOptions {
     pub max_in_flight: usize,
     /// How long probes in flight may take to finish at shutdown.
     pub shutdown_grace: Duration,
+    /// Probe results kept for `/api/v1/results`.
+    pub results_capacity: usize,
 }
 
 impl RunOptions {
@@ -83,6 +87,7 @@ impl RunOptions {
             location: None,
             max_in_flight: scheduler::DEFAULT_MAX_IN_FLIGHT,
             shutdown_grace: Duration::from_secs(15),
+            results_capacity: results::DEFAULT_CAPACITY,
         }
     }
 }
@@ -91,6 +96,7 @@ impl RunOptions {
 pub struct App {
     options: RunOptions,
     metrics: Arc<Metrics>,
+    results: Arc<results::ResultLog>,
     scheduler: Scheduler,
     ready: AtomicBool,
     state: Mutex<ReloadState>,
@@ -109,14 +115,29 @@ impl App {
     fn new(options: RunOptions) -> Result<Self, RunError> {
         let metrics = Arc::new(Metrics::new(options.location.clone()));
         let prober = Prober::new(&config::Network::default())?;
-        let scheduler = Scheduler::new(metrics.clone(), prober, options.max_in_flight);
+        let results = Arc::new(results::ResultLog::new(
+            options.results_capacity,
+            options.location.clone(),
+        ));
+        let scheduler = Scheduler::new(
+            metrics.clone(),
+            results.clone(),
+            prober,
+            options.max_in_flight,
+        );
         Ok(Self {
             options,
             metrics,
+            results,
             scheduler,
             ready: AtomicBool::new(false),
             state: Mutex::default(),
         })
+    }
+
+    /// The configuration running now.
+    pub fn current(&self) -> Option<Arc<Config>> {
+        self.state.lock().expect("reload lock").current.clone()
     }
 
     /// Whether a configuration has been loaded.

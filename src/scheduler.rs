@@ -18,6 +18,7 @@ use tracing::debug;
 use crate::config::{Config, Site};
 use crate::metrics::Metrics;
 use crate::probe::Prober;
+use crate::results::ResultLog;
 
 /// Default bound on probes in flight across all sites.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
@@ -30,6 +31,7 @@ struct Running {
 struct Shared {
     prober: RwLock<Arc<Prober>>,
     metrics: Arc<Metrics>,
+    results: Arc<ResultLog>,
     permits: Semaphore,
     /// Stops new probes; probes in flight finish.
     stop: CancellationToken,
@@ -44,11 +46,17 @@ pub struct Scheduler {
 
 impl Scheduler {
     /// A scheduler with no sites yet.
-    pub fn new(metrics: Arc<Metrics>, prober: Prober, max_in_flight: usize) -> Self {
+    pub fn new(
+        metrics: Arc<Metrics>,
+        results: Arc<ResultLog>,
+        prober: Prober,
+        max_in_flight: usize,
+    ) -> Self {
         Self {
             shared: Arc::new(Shared {
                 prober: RwLock::new(Arc::new(prober)),
                 metrics,
+                results,
                 permits: Semaphore::new(max_in_flight.max(1)),
                 stop: CancellationToken::new(),
             }),
@@ -187,6 +195,7 @@ async fn site_loop(
         drop(permit);
         debug!(site = %site.id, result = %result.class, duration = ?result.duration, error = result.error.as_deref().unwrap_or(""), "probe finished");
         shared.metrics.sites.record(&key, &result);
+        shared.results.push(&site, &result);
         let (next, missed) = next_due(due, site.interval, Instant::now());
         if missed > 0 {
             health.skipped.inc_by(missed);

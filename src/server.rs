@@ -6,7 +6,13 @@
 //! | `/-/healthy` | GET | 200 while the process serves |
 //! | `/-/ready` | GET | 200 once the first configuration is loaded, 503 before |
 //! | `/-/reload` | POST | reloads the configuration; 200, or 500 with the errors (the old config keeps running) |
+//! | `/api/v1/sites` | GET | JSON: every site, its configuration without secrets, its last result |
+//! | `/api/v1/results?after=SEQ&limit=N&wait=10s` | GET | NDJSON: probe results after SEQ, oldest first; waits up to `wait` for one when there is none yet |
 //! | `/` | GET | a pointer to the endpoints |
+//!
+//! `/api/v1/results` answers with `X-Sitewatch-Instance` (changes when the exporter restarts),
+//! `X-Sitewatch-First-Seq` (oldest result still held: a follower that asked for an older one
+//! missed the ones between) and `X-Sitewatch-Last-Seq`.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -23,7 +29,9 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
+use crate::results::{RecordJson, SiteJson};
 use crate::App;
+use std::time::Duration;
 
 type Body = Full<Bytes>;
 
@@ -97,6 +105,8 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
             }
         }
         (_, "/-/reload") => text(StatusCode::METHOD_NOT_ALLOWED, "Use POST.\n"),
+        (&Method::GET, "/api/v1/sites") => sites(&app),
+        (&Method::GET, "/api/v1/results") => results(&app, req.uri().query()).await,
         (&Method::GET, "/") => {
             let html = "<!doctype html><html><head><meta charset=\"utf-8\"><title>sitewatch</title></head>\
                 <body><h1>sitewatch</h1><p><a href=\"/metrics\">Metrics</a></p></body></html>\n";
@@ -107,6 +117,75 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         }
         _ => text(StatusCode::NOT_FOUND, "Not found.\n"),
     }
+}
+
+fn json(status: StatusCode, body: Vec<u8>, content_type: &'static str) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, content_type)
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response parts")
+}
+
+fn sites(app: &App) -> Response<Body> {
+    let config = app.current().unwrap_or_default();
+    let last: Vec<_> = config
+        .sites
+        .iter()
+        .map(|s| app.metrics.sites.last(&s.key()))
+        .collect();
+    let list: Vec<SiteJson> = config
+        .sites
+        .iter()
+        .zip(&last)
+        .map(|(s, l)| SiteJson::new(s, l.as_ref()))
+        .collect();
+    let body = serde_json::to_vec(&serde_json::json!({ "sites": list }))
+        .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}").into_bytes());
+    json(StatusCode::OK, body, "application/json")
+}
+
+/// Most results one page returns, and the longest a follower may wait for one.
+const MAX_PAGE: usize = 100_000;
+const MAX_WAIT: Duration = Duration::from_secs(60);
+
+async fn results(app: &App, query: Option<&str>) -> Response<Body> {
+    let mut after = 0u64;
+    let mut limit = 10_000usize;
+    let mut wait = Duration::ZERO;
+    for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        let bad = |what: &str| text(StatusCode::BAD_REQUEST, format!("invalid {what} {v:?}\n"));
+        match k.as_ref() {
+            "after" => match v.parse() {
+                Ok(n) => after = n,
+                Err(_) => return bad("after"),
+            },
+            "limit" => match v.parse::<usize>() {
+                Ok(n) => limit = n.clamp(1, MAX_PAGE),
+                Err(_) => return bad("limit"),
+            },
+            "wait" => match humantime::parse_duration(&v) {
+                Ok(d) => wait = d.min(MAX_WAIT),
+                Err(_) => return bad("wait"),
+            },
+            _ => {}
+        }
+    }
+    let log = &app.results;
+    let page = log.wait_page(after, limit, wait).await;
+    let mut body = Vec::with_capacity(page.records.len() * 512);
+    for record in &page.records {
+        // Serializing plain structs into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut body, &RecordJson::new(log, record));
+        body.push(b'\n');
+    }
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .header("x-sitewatch-instance", page.instance)
+        .header("x-sitewatch-first-seq", page.first_seq)
+        .header("x-sitewatch-last-seq", page.last_seq)
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response parts")
 }
 
 /// Serves the endpoints on `listener` until `shutdown` resolves, then lets open requests finish.
