@@ -6,7 +6,7 @@
 //! scrape cost grow with the number of sites, not with a hash map per metric.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
@@ -513,6 +513,9 @@ pub struct Metrics {
     pub sites: Arc<SiteTable>,
     /// Exporter health.
     pub health: Health,
+    /// Size of the last exposition: the next one is allocated at once instead of grown by
+    /// doubling (at 100,000 sites that is over 200 MiB copied per scrape).
+    last_size: AtomicUsize,
 }
 
 impl Metrics {
@@ -578,12 +581,14 @@ impl Metrics {
             registry,
             sites,
             health,
+            last_size: AtomicUsize::new(0),
         }
     }
 
     /// The whole exposition, in OpenMetrics or Prometheus text format.
     pub fn encode(&self, openmetrics: bool) -> String {
-        let mut out = String::with_capacity(4096 + self.sites.len() * 2048);
+        let hint = self.last_size.load(Ordering::Relaxed);
+        let mut out = String::with_capacity(hint + hint / 8 + 4096);
         let written = if openmetrics {
             prometheus_client::encoding::text::encode(&mut out, &self.registry)
         } else {
@@ -591,6 +596,7 @@ impl Metrics {
         };
         // Writing to a String cannot fail; an error here is a bug in a collector.
         written.expect("encoding metrics into a String");
+        self.last_size.store(out.len(), Ordering::Relaxed);
         out
     }
 }
