@@ -84,6 +84,35 @@ pub enum Command {
         /// Config file, or directory of *.yaml files.
         path: PathBuf,
     },
+    /// Mirror an exporter's sites and probe results into SQL tables `sites` and `stats`.
+    Keeper {
+        /// The exporter's base URL.
+        #[arg(
+            long,
+            env = "SITEWATCH_SOURCE",
+            default_value = "http://127.0.0.1:9898"
+        )]
+        source: String,
+        /// `sqlite://PATH` (created if missing) or `postgres://user@host/db`.
+        #[arg(long = "database-url", env = "SITEWATCH_DATABASE_URL")]
+        database_url: String,
+        /// Address of the keeper's own /metrics.
+        #[arg(
+            long = "web.listen-address",
+            default_value = ":9899",
+            env = "SITEWATCH_KEEPER_LISTEN_ADDRESS"
+        )]
+        listen_address: String,
+        /// Most rows written in one transaction.
+        #[arg(long = "batch-size", default_value_t = 5000)]
+        batch_size: usize,
+        /// Most rows held while the database is slow or away; older ones are dropped and counted.
+        #[arg(long = "queue.max-rows", default_value_t = 500_000)]
+        max_queue: usize,
+        /// How often the `sites` table is synchronized.
+        #[arg(long = "sites.interval", default_value = "15s", value_parser = humantime::parse_duration)]
+        sites_interval: std::time::Duration,
+    },
     /// Start built-in targets on 127.0.0.1 and an exporter probing them (no network needed).
     Demo {
         /// Serving flags.
@@ -137,6 +166,36 @@ async fn dispatch(command: Command) -> ExitCode {
     match command {
         Command::CheckConfig { path } => check_config(&path),
         Command::Run { config, serve } => serve_exporter(config, serve).await,
+        Command::Keeper {
+            source,
+            database_url,
+            listen_address,
+            batch_size,
+            max_queue,
+            sites_interval,
+        } => {
+            let listener = match bind(&listen_address).await {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("cannot listen on {listen_address}: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let options = crate::keeper::KeeperOptions {
+                source,
+                database_url,
+                batch_size,
+                max_queue,
+                sites_interval,
+            };
+            match crate::keeper::run(options, listener, shutdown_signal()).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("sitewatch keeper: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Demo { serve } => {
             let dir = std::env::temp_dir().join(format!("sitewatch-demo-{}", std::process::id()));
             let demo = match demo::start(&dir).await {

@@ -9,6 +9,7 @@
 //! - [`results`]: the recent-results log with sequence numbers, for followers (the keeper).
 //! - [`server`]: `/metrics`, `/-/healthy`, `/-/ready`, `/-/reload`.
 //! - [`watch`]: reloads when the config file or directory changes (notify, debounced).
+//! - [`keeper`]: `sitewatch keeper`, the SQL mirror of sites and results.
 //! - [`demo`]: built-in loopback targets for `sitewatch demo`.
 //! - [`cli`]: the command line; `main.rs` only calls it.
 //!
@@ -21,6 +22,7 @@
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod keeper;
 pub mod metrics;
 pub mod probe;
 pub mod resolve;
