@@ -73,6 +73,19 @@ async fn postgres(name: &str) -> Option<Db> {
             return None;
         }
     };
+    // Databases left by earlier runs of this test go first.
+    let stale = sqlx::query(&format!(
+        "SELECT datname FROM pg_database WHERE datname LIKE 'sitewatch_test_{name}_%'"
+    ))
+    .fetch_all(&admin)
+    .await
+    .unwrap_or_default();
+    for row in stale {
+        let old: String = row.get(0);
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {old} WITH (FORCE)"))
+            .execute(&admin)
+            .await;
+    }
     let db = format!("sitewatch_test_{name}_{}", std::process::id());
     let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db}"))
         .execute(&admin)
@@ -241,9 +254,12 @@ async fn restart_resumes_without_duplicates_or_holes(db: Db) {
     let ex = Exporter::start(&sites(t, refused, true));
     let source = format!("http://{}", ex.addr);
     let mut k = keeper(&source, &db.url);
-    wait_query(&db.url, "SELECT CAST(seq AS TEXT) FROM stats", "some rows", |r| {
-        r.len() >= 8
-    })
+    wait_query(
+        &db.url,
+        "SELECT CAST(seq AS TEXT) FROM stats",
+        "some rows",
+        |r| r.len() >= 8,
+    )
     .await;
     // Killed mid-stream: no chance to flush.
     k.child.kill().unwrap();
@@ -299,7 +315,13 @@ async fn an_exporter_restart_is_detected() {
     };
     let ex = start_exporter();
     let k = keeper(&format!("http://127.0.0.1:{port}"), &db.url);
-    wait_query(&db.url, "SELECT CAST(seq AS TEXT) FROM stats", "rows", |r| r.len() >= 4).await;
+    wait_query(
+        &db.url,
+        "SELECT CAST(seq AS TEXT) FROM stats",
+        "rows",
+        |r| r.len() >= 4,
+    )
+    .await;
     drop(ex);
     let _ex2 = start_exporter();
     let rows = wait_query(
