@@ -338,3 +338,121 @@ async fn an_exporter_restart_is_detected() {
         Some(1.0)
     );
 }
+
+/// The exporter's newest sequence number.
+async fn exporter_last_seq(ex: &Exporter) -> u64 {
+    let r = reqwest::get(ex.url("/api/v1/results?after=0&limit=1"))
+        .await
+        .unwrap();
+    r.headers()["x-sitewatch-last-seq"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Makes the database unreachable for the keeper (connections refused and the open ones
+/// killed) until `until` says the outage has lasted long enough, then restores it.
+async fn outage(db: &Db, until: impl std::future::Future<Output = ()>) {
+    let (base, name) = db.url.rsplit_once('/').unwrap();
+    let admin = AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(&format!("{base}/postgres"))
+        .await
+        .unwrap();
+    sqlx::query(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    sqlx::query(&format!(
+        "SELECT CAST(pg_terminate_backend(pid) AS TEXT) FROM pg_stat_activity WHERE datname = '{name}'"
+    ))
+    .fetch_all(&admin)
+    .await
+    .unwrap();
+    until.await;
+    sqlx::query(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
+        .execute(&admin)
+        .await
+        .unwrap();
+}
+
+async fn database_outage(queue_rows: &str, results_during_outage: u64) -> Option<(u64, f64, f64)> {
+    let db = postgres(&format!("outage{queue_rows}")).await?;
+    let t = target().await;
+    let refused = common::refused_port().await;
+    let ex = Exporter::start(&sites(t, refused, true));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sitewatch"));
+    cmd.args([
+        "keeper",
+        "--source",
+        &format!("http://{}", ex.addr),
+        "--database-url",
+        &db.url,
+    ])
+    .args([
+        "--web.listen-address",
+        "127.0.0.1:0",
+        "--sites.interval",
+        "1s",
+    ])
+    .args(["--queue.max-rows", queue_rows, "--batch-size", "3"]);
+    let k = Exporter::spawn(cmd, tempfile::tempdir().unwrap());
+    wait_query(
+        &db.url,
+        "SELECT CAST(seq AS TEXT) FROM stats",
+        "rows",
+        |r| r.len() >= 4,
+    )
+    .await;
+    let at_start = exporter_last_seq(&ex).await;
+    outage(&db, async {
+        let start = Instant::now();
+        while exporter_last_seq(&ex).await < at_start + results_during_outage {
+            assert!(start.elapsed() < DEADLINE);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let target_seq = exporter_last_seq(&ex).await;
+    let start = Instant::now();
+    loop {
+        let (count, distinct, min, max) = seq_stats(&db.url).await;
+        let m = k.scrape().await;
+        let queued = m.get("sitewatch_keeper_queue_rows", &[]).unwrap_or(1.0);
+        if max >= target_seq && queued == 0.0 {
+            assert_eq!(count, distinct, "duplicates after the outage");
+            assert_eq!(min, 1);
+            let dropped = m.get("sitewatch_keeper_rows_dropped_total", &[]).unwrap();
+            let lost = m.get("sitewatch_keeper_rows_lost_total", &[]).unwrap();
+            assert!(m.get("sitewatch_keeper_write_errors_total", &[]).unwrap() >= 1.0);
+            // Every result is written, or counted as dropped or lost.
+            assert_eq!(
+                count as f64 + dropped + lost,
+                max as f64,
+                "{count} {dropped} {lost} {max}"
+            );
+            return Some((count, dropped, lost));
+        }
+        assert!(
+            start.elapsed() < DEADLINE * 2,
+            "keeper did not catch up after the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_database_outage_that_fits_the_queue_loses_nothing() {
+    if let Some((_, dropped, lost)) = database_outage("100000", 12).await {
+        assert_eq!(dropped, 0.0);
+        assert_eq!(lost, 0.0);
+    }
+}
+
+#[tokio::test]
+async fn a_database_outage_longer_than_the_queue_counts_what_it_drops() {
+    if let Some((_, dropped, _)) = database_outage("5", 20).await {
+        assert!(dropped >= 10.0, "dropped {dropped}");
+    }
+}
