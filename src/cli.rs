@@ -107,7 +107,7 @@ pub enum Command {
         #[arg(long = "batch-size", default_value_t = 5000)]
         batch_size: usize,
         /// Most rows held while the database is slow or away; older ones are dropped and counted.
-        #[arg(long = "queue.max-rows", default_value_t = 500_000)]
+        #[arg(long = "queue.max-rows", default_value_t = 50_000)]
         max_queue: usize,
         /// How often the `sites` table is synchronized.
         #[arg(long = "sites.interval", default_value = "15s", value_parser = humantime::parse_duration)]

@@ -46,8 +46,8 @@ impl Drop for Proc {
 /// Starts `sitewatch run` pinned to `cpu` (a `taskset` list such as `1` or `0-1`) and waits
 /// for its listen address.
 pub fn start_sitewatch(config: &Path, cpu: &str) -> Proc {
-    let mut child = Command::new("taskset")
-        .args(["-c", cpu, env!("CARGO_BIN_EXE_sitewatch")])
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", cpu, env!("CARGO_BIN_EXE_sitewatch")])
         .args([
             "run",
             "--web.listen-address",
@@ -56,7 +56,13 @@ pub fn start_sitewatch(config: &Path, cpu: &str) -> Proc {
             "warn,sitewatch=info",
         ])
         .args(["--probes.max-in-flight", "4096", "--config"])
-        .arg(config)
+        .arg(config);
+    spawn_announcing(&mut cmd)
+}
+
+/// Spawns a `sitewatch` command and waits for the `listening address=...` line of its log.
+pub fn spawn_announcing(cmd: &mut Command) -> Proc {
+    let mut child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

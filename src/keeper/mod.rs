@@ -9,14 +9,16 @@
 //!   sequence number it ends at, retrying with backoff while the database is away;
 //! - the site syncer mirrors `/api/v1/sites` into `sites`, marking removed sites.
 //!
-//! **The queue is bounded**: when the database is away longer than the queue lasts, the
-//! oldest rows are dropped and counted (`sitewatch_keeper_rows_dropped_total`), never silently.
+//! **The queue is bounded** and the follower only fetches what fits, so a slow or absent
+//! database leaves results waiting in the exporter's buffer; what falls off that buffer is
+//! counted lost (`sitewatch_keeper_rows_lost_total`). Rows of a failed batch that no longer fit
+//! the queue are dropped and counted (`sitewatch_keeper_rows_dropped_total`), never silently.
 
 pub mod store;
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -235,7 +237,12 @@ impl KeeperMetrics {
 struct Queue {
     rows: Mutex<VecDeque<Row>>,
     cap: usize,
+    /// Rows taken by the writer and not yet committed: they may come back on failure.
+    writing: AtomicUsize,
+    /// Rows arrived: wakes the writer.
     ready: Notify,
+    /// Rows left: wakes the follower.
+    space: Notify,
 }
 
 impl Queue {
@@ -283,7 +290,9 @@ pub async fn run(
     let queue = Arc::new(Queue {
         rows: Mutex::new(VecDeque::new()),
         cap: options.max_queue.max(1),
+        writing: AtomicUsize::new(0),
         ready: Notify::new(),
+        space: Notify::new(),
     });
     let stop = CancellationToken::new();
     let client = reqwest::Client::builder()
@@ -339,7 +348,22 @@ async fn follow(
     };
     let mut backoff = Duration::from_millis(100);
     while !stop.is_cancelled() {
-        let url = format!("{source}/api/v1/results?after={after}&limit=10000&wait=10s");
+        // Backpressure: fetch only what the queue has room for. While the database is slow or
+        // away the results wait in the exporter's buffer; what falls off there is counted lost.
+        let room = loop {
+            let held = queue.rows.lock().expect("queue lock").len()
+                + queue.writing.load(Ordering::Acquire);
+            let room = queue.cap.saturating_sub(held);
+            if room > 0 {
+                break room;
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = queue.space.notified() => {}
+            }
+        };
+        let limit = room.min(10_000);
+        let url = format!("{source}/api/v1/results?after={after}&limit={limit}&wait=10s");
         let response = tokio::select! {
             _ = stop.cancelled() => return,
             r = client.get(&url).send() => r,
@@ -415,6 +439,7 @@ async fn write_loop(
         let batch: Vec<Row> = {
             let mut q = queue.rows.lock().expect("queue lock");
             let n = q.len().min(batch_size);
+            queue.writing.store(n, Ordering::Release);
             q.drain(..n).collect()
         };
         if batch.is_empty() {
@@ -431,6 +456,8 @@ async fn write_loop(
         let started = Instant::now();
         match store.write(&source, &batch, &last.instance, last.seq).await {
             Ok(()) => {
+                queue.writing.store(0, Ordering::Release);
+                queue.space.notify_one();
                 backoff = Duration::from_millis(100);
                 metrics.written.inc_by(batch.len() as u64);
                 if let Some(h) = &metrics.batch {
@@ -453,6 +480,7 @@ async fn write_loop(
                     for r in batch.into_iter().rev() {
                         q.push_front(r);
                     }
+                    queue.writing.store(0, Ordering::Release);
                     let over = q.len().saturating_sub(queue.cap);
                     for _ in 0..over {
                         q.pop_front();
