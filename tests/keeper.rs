@@ -18,6 +18,10 @@ async fn target() -> SocketAddr {
     tokio::spawn(serve_target(listener, None, |req| async move {
         match req.uri().path() {
             "/ok" => respond(200, "fine"),
+            "/slow" => {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                respond(200, "late")
+            }
             _ => respond(500, "broken"),
         }
     }));
@@ -32,7 +36,11 @@ fn sites(t: SocketAddr, refused: u16, with_bad: bool) -> String {
          \x20 - id: refused\n    url: http://127.0.0.1:{refused}/\n"
     );
     if with_bad {
-        s.push_str(&format!("  - id: bad\n    url: http://{t}/fail\n"));
+        s.push_str(&format!(
+            "  - id: bad\n    url: http://{t}/fail\n\
+             \x20 - id: wrong\n    url: http://{t}/ok\n    regex: absent-text\n\
+             \x20 - id: slow\n    url: http://{t}/slow\n"
+        ));
     }
     s
 }
@@ -162,7 +170,7 @@ async fn rows_and_sites_arrive(db: Db) {
     let k = keeper(&format!("http://{}", ex.addr), &db.url);
     let sql = "SELECT site_id, CAST(status_code AS TEXT), result, CAST(regex_ok AS TEXT), error, tenant, CAST(duration_seconds > 0 AS TEXT) FROM stats ORDER BY seq";
     let rows = wait_query(&db.url, sql, "a row of every site", |rows| {
-        ["good", "good-again", "refused", "bad"]
+        ["good", "good-again", "refused", "bad", "wrong", "slow"]
             .iter()
             .all(|id| rows.iter().any(|r| r[0].as_deref() == Some(*id)))
     })
@@ -190,28 +198,43 @@ async fn rows_and_sites_arrive(db: Db) {
     let refused_row = of("refused");
     assert_eq!(refused_row[1].as_deref(), Some("0"));
     assert_eq!(refused_row[2].as_deref(), Some("connect_error"));
+    let wrong = of("wrong");
+    assert_eq!(wrong[2].as_deref(), Some("regex"));
+    assert!(
+        matches!(wrong[3].as_deref(), Some("false" | "0")),
+        "regex_ok {wrong:?}"
+    );
+    let slow = of("slow");
+    assert_eq!(slow[2].as_deref(), Some("timeout"));
+    assert!(slow[4].as_deref().unwrap().contains("timed out"));
 
     // Sites: the same URL under two ids is two sites; labels and regex mirrored.
     let site_rows = wait_query(
         &db.url,
         "SELECT site_id, url, regex, CAST(labels AS TEXT), tenant FROM sites ORDER BY site_id",
-        "four sites",
-        |rows| rows.len() == 4,
+        "six sites",
+        |rows| rows.len() == 6,
     )
     .await;
-    assert_eq!(site_rows[1][0].as_deref(), Some("good"));
-    assert_eq!(site_rows[2][0].as_deref(), Some("good-again"));
-    assert_eq!(site_rows[1][1], site_rows[2][1]);
-    assert_eq!(site_rows[1][2].as_deref(), Some("fine"));
-    assert!(site_rows[1][3].as_deref().unwrap().contains("\"team\""));
+    let site = |id: &str| {
+        site_rows
+            .iter()
+            .find(|r| r[0].as_deref() == Some(id))
+            .unwrap()
+            .clone()
+    };
+    let (good_site, again) = (site("good"), site("good-again"));
+    assert_eq!(good_site[1], again[1]);
+    assert_eq!(good_site[2].as_deref(), Some("fine"));
+    assert!(good_site[3].as_deref().unwrap().contains("\"team\""));
 
     // A removed site keeps its rows and gets removed_at.
     std::fs::write(ex.config_path(), sites(t, refused, false)).unwrap();
     wait_query(
         &db.url,
         "SELECT site_id FROM sites WHERE removed_at IS NOT NULL",
-        "bad marked removed",
-        |rows| rows.len() == 1 && rows[0][0].as_deref() == Some("bad"),
+        "bad, wrong and slow marked removed",
+        |rows| rows.len() == 3 && rows.iter().any(|r| r[0].as_deref() == Some("bad")),
     )
     .await;
     let kept = query(
