@@ -19,7 +19,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::config::{MetricsSettings, Site};
-use crate::probe::{ProbeResult, ResultClass};
+use crate::probe::{unix_seconds, ProbeResult, ResultClass};
 
 /// Content type of the Prometheus text format.
 pub const PROMETHEUS_CONTENT_TYPE: &str =
@@ -188,12 +188,6 @@ impl SiteTable {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
-
-fn unix(t: SystemTime) -> f64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 type Snapshot = Vec<(Arc<SiteSeries>, SiteState)>;
@@ -378,7 +372,7 @@ impl prometheus_client::collector::Collector for SiteTable {
             s,
             "sitewatch_probe_last_timestamp_seconds",
             "Unix time in seconds when the last probe finished.",
-            |st| st.finished_at.map(unix),
+            |st| st.finished_at.map(unix_seconds),
         )?;
 
         e.encode_descriptor(
@@ -432,7 +426,7 @@ impl Health {
         self.reloads.get_or_create(&ReloadLabels { result }).inc();
         self.reload_ok.set(i64::from(ok));
         if ok {
-            self.reload_timestamp.set(unix(SystemTime::now()));
+            self.reload_timestamp.set(unix_seconds(SystemTime::now()));
         }
     }
 }

@@ -17,7 +17,6 @@ use http::{Method, Request, Response, Version};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
@@ -28,8 +27,7 @@ use crate::resolve::{Policy, ResolveError, Resolver};
 use crate::tls;
 
 /// The class of a probe's outcome: the `result` label of `sitewatch_probes_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ResultClass {
     /// Every check passed.
     Success,
@@ -97,7 +95,7 @@ impl fmt::Display for ResultClass {
 }
 
 /// Time spent in each phase, summed over redirect hops.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Phases {
     /// Name resolution.
     pub resolve: Duration,
@@ -124,11 +122,16 @@ impl Phases {
     }
 }
 
+/// A wall-clock time as unix seconds (0 before 1970).
+pub fn unix_seconds(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 /// Everything one probe measured: the type that flows from the prober to metrics and the result stream.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ProbeResult {
     /// When the probe started (wall clock).
-    #[serde(with = "unix_seconds")]
     pub started_at: SystemTime,
     /// Wall time of the whole probe.
     pub duration: Duration,
@@ -160,18 +163,6 @@ impl ProbeResult {
     /// Whether every check passed.
     pub fn success(&self) -> bool {
         self.class == ResultClass::Success
-    }
-}
-
-mod unix_seconds {
-    use std::time::SystemTime;
-
-    pub fn serialize<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-        let secs = t
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0);
-        s.serialize_f64(secs)
     }
 }
 

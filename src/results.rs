@@ -201,10 +201,7 @@ impl<'a> ResultJson<'a> {
     /// The JSON view of a result.
     pub fn new(r: &'a ProbeResult) -> Self {
         Self {
-            started_at: r
-                .started_at
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0.0, |d| d.as_secs_f64()),
+            started_at: crate::probe::unix_seconds(r.started_at),
             duration_seconds: r.duration.as_secs_f64(),
             result: r.class.as_str(),
             success: r.success(),

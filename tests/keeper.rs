@@ -148,6 +148,10 @@ async fn wait_query(
 }
 
 fn keeper(source: &str, db: &str) -> Exporter {
+    keeper_with(source, db, &[])
+}
+
+fn keeper_with(source: &str, db: &str, extra: &[&str]) -> Exporter {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sitewatch"));
     cmd.args(["keeper", "--source", source, "--database-url", db])
         .args([
@@ -155,7 +159,8 @@ fn keeper(source: &str, db: &str) -> Exporter {
             "127.0.0.1:0",
             "--sites.interval",
             "1s",
-        ]);
+        ])
+        .args(extra);
     Exporter::spawn(cmd, tempfile::tempdir().unwrap())
 }
 
@@ -412,22 +417,11 @@ async fn database_outage(
         &["--results.buffer-size", exporter_buffer],
         &[],
     );
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sitewatch"));
-    cmd.args([
-        "keeper",
-        "--source",
+    let k = keeper_with(
         &format!("http://{}", ex.addr),
-        "--database-url",
         &db.url,
-    ])
-    .args([
-        "--web.listen-address",
-        "127.0.0.1:0",
-        "--sites.interval",
-        "1s",
-    ])
-    .args(["--queue.max-rows", "5", "--batch-size", "3"]);
-    let k = Exporter::spawn(cmd, tempfile::tempdir().unwrap());
+        &["--queue.max-rows", "5", "--batch-size", "3"],
+    );
     wait_query(
         &db.url,
         "SELECT CAST(seq AS TEXT) FROM stats",

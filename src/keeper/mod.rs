@@ -267,9 +267,7 @@ impl Queue {
 }
 
 fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
+    crate::probe::unix_seconds(SystemTime::now())
 }
 
 /// Runs the keeper until `shutdown`, serving its `/metrics` on `listener`.

@@ -117,9 +117,7 @@ pub enum Store {
 }
 
 fn now() -> f64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
+    crate::probe::unix_seconds(SystemTime::now())
 }
 
 impl Store {
@@ -152,47 +150,40 @@ impl Store {
     /// Applies the migrations not applied yet; returns the schema version.
     pub async fn migrate(&self) -> Result<usize, StoreError> {
         let create = "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)";
-        let migrations = match self {
-            Store::Postgres(_) => PG_MIGRATIONS,
-            Store::Sqlite(_) => SQLITE_MIGRATIONS,
+        // (migrations, a statement that serializes concurrent keepers, "now" as text)
+        let (migrations, lock, now) = match self {
+            Store::Postgres(_) => (
+                PG_MIGRATIONS,
+                "SELECT pg_advisory_xact_lock(7320191)",
+                "now()::text",
+            ),
+            // SQLite's write transaction already excludes other writers.
+            Store::Sqlite(_) => (SQLITE_MIGRATIONS, "SELECT 1", "datetime('now')"),
         };
+        let record =
+            format!("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, {now})");
+        macro_rules! migrate {
+            ($pool:expr) => {{
+                let mut tx = $pool.begin().await?;
+                sqlx::query(lock).execute(&mut *tx).await?;
+                sqlx::query(create).execute(&mut *tx).await?;
+                let done: i64 = sqlx::query("SELECT COUNT(*) FROM schema_migrations")
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .get(0);
+                for (i, m) in migrations.iter().enumerate().skip(done as usize) {
+                    sqlx::raw_sql(m).execute(&mut *tx).await?;
+                    sqlx::query(&record)
+                        .bind(i as i32 + 1)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+            }};
+        }
         match self {
-            Store::Postgres(pool) => {
-                let mut tx = pool.begin().await?;
-                // One keeper migrates at a time.
-                sqlx::query("SELECT pg_advisory_xact_lock(7320191)")
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query(create).execute(&mut *tx).await?;
-                let done: i64 = sqlx::query("SELECT COUNT(*) FROM schema_migrations")
-                    .fetch_one(&mut *tx)
-                    .await?
-                    .get(0);
-                for (i, m) in migrations.iter().enumerate().skip(done as usize) {
-                    sqlx::raw_sql(m).execute(&mut *tx).await?;
-                    sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, now()::text)")
-                        .bind(i as i32 + 1)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                tx.commit().await?;
-            }
-            Store::Sqlite(pool) => {
-                let mut tx = pool.begin().await?;
-                sqlx::query(create).execute(&mut *tx).await?;
-                let done: i64 = sqlx::query("SELECT COUNT(*) FROM schema_migrations")
-                    .fetch_one(&mut *tx)
-                    .await?
-                    .get(0);
-                for (i, m) in migrations.iter().enumerate().skip(done as usize) {
-                    sqlx::raw_sql(m).execute(&mut *tx).await?;
-                    sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, datetime('now'))")
-                        .bind(i as i32 + 1)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                tx.commit().await?;
-            }
+            Store::Postgres(pool) => migrate!(pool),
+            Store::Sqlite(pool) => migrate!(pool),
         }
         Ok(migrations.len())
     }
