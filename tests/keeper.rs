@@ -481,3 +481,80 @@ async fn a_database_outage_longer_than_the_buffers_counts_what_it_lost() {
         assert!(dropped + lost >= 10.0, "dropped {dropped}, lost {lost}");
     }
 }
+
+#[tokio::test]
+async fn a_slow_database_slows_only_the_keeper() {
+    let Some(db) = postgres("slow").await else {
+        return;
+    };
+    let t = target().await;
+    let refused = common::refused_port().await;
+    let ex = Exporter::start(&sites(t, refused, true));
+    let k = keeper_with(
+        &format!("http://{}", ex.addr),
+        &db.url,
+        &["--batch-size", "2"],
+    );
+    wait_query(
+        &db.url,
+        "SELECT CAST(seq AS TEXT) FROM stats",
+        "rows",
+        |r| r.len() >= 4,
+    )
+    .await;
+    // Every INSERT statement now takes 300 ms longer.
+    let pool = AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(&db.url)
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        "CREATE FUNCTION slow_down() RETURNS trigger AS $$ BEGIN PERFORM pg_sleep(0.3); RETURN NULL; END $$ LANGUAGE plpgsql;
+         CREATE TRIGGER slow_down AFTER INSERT ON stats FOR EACH STATEMENT EXECUTE FUNCTION slow_down();",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let from = exporter_last_seq(&ex).await;
+    // The exporter goes on probing whatever the database does (it never waits for the keeper).
+    ex.wait_for("30 more results", |s| {
+        let total: f64 = s
+            .samples
+            .iter()
+            .filter(|x| x.name == "sitewatch_probes_total")
+            .map(|x| x.value)
+            .sum();
+        (total >= from as f64 + 30.0).then_some(())
+    })
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "probing slowed down"
+    );
+    let target_seq = exporter_last_seq(&ex).await;
+    let deadline = Instant::now() + DEADLINE * 2;
+    loop {
+        let (count, distinct, min, max) = seq_stats(&db.url).await;
+        if max >= target_seq {
+            assert_eq!((count, min), (distinct, 1));
+            assert_eq!(count, max, "no hole");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "keeper did not keep up with a slow database"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let m = k.scrape().await;
+    let slow_batches = m
+        .get(
+            "sitewatch_keeper_batch_duration_seconds_bucket",
+            &[("le", "0.25")],
+        )
+        .unwrap()
+        < m.get("sitewatch_keeper_batch_duration_seconds_count", &[])
+            .unwrap();
+    assert!(slow_batches, "the slowdown shows in the batch durations");
+    assert_eq!(m.get("sitewatch_keeper_rows_dropped_total", &[]), Some(0.0));
+}
