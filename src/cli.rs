@@ -84,6 +84,18 @@ pub enum Command {
         /// Config file, or directory of *.yaml files.
         path: PathBuf,
     },
+    /// Probe every site once, print a report, exit 0 only if every site passed.
+    Once {
+        /// Config file, or directory of *.yaml files.
+        #[arg(long, env = "SITEWATCH_CONFIG")]
+        config: PathBuf,
+        /// Report format.
+        #[arg(long, value_enum, default_value_t = crate::once::Output::Table)]
+        output: crate::once::Output,
+        /// At most this many probes at once.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+    },
     /// Mirror an exporter's sites and probe results into SQL tables `sites` and `stats`.
     Keeper {
         /// The exporter's base URL.
@@ -166,6 +178,11 @@ async fn dispatch(command: Command) -> ExitCode {
     match command {
         Command::CheckConfig { path } => check_config(&path),
         Command::Run { config, serve } => serve_exporter(config, serve).await,
+        Command::Once {
+            config,
+            output,
+            concurrency,
+        } => once(&config, output, concurrency).await,
         Command::Keeper {
             source,
             database_url,
@@ -237,6 +254,31 @@ async fn serve_exporter(config: PathBuf, serve: ServeArgs) -> ExitCode {
         Err(e) => {
             eprintln!("{e}");
             ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+async fn once(path: &std::path::Path, output: crate::once::Output, concurrency: usize) -> ExitCode {
+    let config = match config::load_path(path, &SystemSecrets) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let results = match crate::once::probe_all(&config, concurrency).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match crate::once::report(&mut std::io::stdout().lock(), &results, output) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("cannot write the report: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -10,6 +10,7 @@
 //! - [`server`]: `/metrics`, `/-/healthy`, `/-/ready`, `/-/reload`.
 //! - [`watch`]: reloads when the config file or directory changes (notify, debounced).
 //! - [`keeper`]: `sitewatch keeper`, the SQL mirror of sites and results.
+//! - [`once`]: `sitewatch once`, every site probed once with a report and an exit status.
 //! - [`demo`]: built-in loopback targets for `sitewatch demo`.
 //! - [`cli`]: the command line; `main.rs` only calls it.
 //!
@@ -24,6 +25,7 @@ pub mod config;
 pub mod demo;
 pub mod keeper;
 pub mod metrics;
+pub mod once;
 pub mod probe;
 pub mod resolve;
 pub mod results;

@@ -1,0 +1,104 @@
+//! `sitewatch once`: every site probed once, a report, and an exit status for cron and CI.
+
+mod common;
+
+use std::process::Command;
+
+use common::loopback;
+use sitewatch::demo::{respond, serve_target};
+
+async fn target() -> std::net::SocketAddr {
+    let listener = loopback([127, 0, 0, 1]).await;
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(serve_target(listener, None, |req| async move {
+        match req.uri().path() {
+            "/ok" => respond(200, "fine"),
+            _ => respond(503, "down"),
+        }
+    }));
+    addr
+}
+
+/// Runs `sitewatch once` on `config` off the test's runtime (the targets live on it).
+async fn once(config: String, args: &[&str]) -> (Option<i32>, String) {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sites.yaml");
+        std::fs::write(&path, config).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_sitewatch"))
+            .args(["once", "--config"])
+            .arg(&path)
+            .args(&args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn exit_status_and_table_report_every_site() {
+    let t = target().await;
+    let (code, out) = once(
+        format!(
+            "sites:\n  - id: up\n    url: http://{t}/ok\n  - id: down\n    url: http://{t}/fail\n    tenant: acme\n"
+        ),
+        &[],
+    )
+    .await;
+    assert_eq!(code, Some(1), "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("SITE") && lines[0].contains("RESULT"),
+        "{out}"
+    );
+    assert!(
+        lines[1].starts_with("up ") && lines[1].contains("success") && lines[1].contains("200"),
+        "{out}"
+    );
+    assert!(
+        lines[2].starts_with("acme/down")
+            && lines[2].contains("http_status")
+            && lines[2].contains("503"),
+        "{out}"
+    );
+    assert!(
+        lines[2].contains("status 503 is not in valid_status"),
+        "{out}"
+    );
+    assert_eq!(lines[3], "2 sites, 1 failed");
+
+    let (code, _) = once(format!("sites:\n  - id: up\n    url: http://{t}/ok\n"), &[]).await;
+    assert_eq!(code, Some(0));
+}
+
+#[tokio::test]
+async fn json_output_for_machines() {
+    let t = target().await;
+    let (code, out) = once(
+        format!(
+            "sites:\n  - id: up\n    url: http://{t}/ok\n  - id: down\n    url: http://{t}/x\n"
+        ),
+        &["--output", "json"],
+    )
+    .await;
+    assert_eq!(code, Some(1));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["success"], false);
+    assert_eq!(v["sites"][0]["site"], "up");
+    assert_eq!(v["sites"][0]["result"], "success");
+    assert_eq!(v["sites"][0]["status_code"], 200);
+    assert_eq!(v["sites"][1]["result"], "http_status");
+    assert_eq!(v["sites"][1]["status_code"], 503);
+}
+
+#[tokio::test]
+async fn a_bad_config_exits_78() {
+    let (code, _) = once("sites:\n  - id: x\n    url: ftp://nowhere/\n".into(), &[]).await;
+    assert_eq!(code, Some(78));
+}
