@@ -415,3 +415,22 @@ async fn method_headers_and_user_agent_are_sent() {
         s.text
     );
 }
+
+#[tokio::test]
+async fn ipv6_loopback_targets_are_probed() {
+    let listener = tokio::net::TcpListener::bind("[::1]:0")
+        .await
+        .expect("IPv6 loopback");
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(serve_target(listener, None, target));
+    let ex = Exporter::start(&config(&format!(
+        "  - id: v6\n    url: http://[::1]:{}/healthy\n",
+        addr.port()
+    )));
+    let s = ex.probed_all(&["v6"]).await;
+    assert_eq!(s.site("v6", "probe_success"), Some(1.0), "{}", s.text);
+    assert_eq!(
+        s.site("v6", "probe_http_content_length"),
+        Some(HEALTHY_BODY.len() as f64)
+    );
+}
