@@ -136,12 +136,7 @@ async fn results_that_fell_off_the_buffer_are_visible_as_a_gap() {
     let t = target().await;
     let ex = Exporter::start_with(&config(t), &["--results.buffer-size", "4"], &[]);
     ex.wait_for("ten results", |s| {
-        let total: f64 = s
-            .samples
-            .iter()
-            .filter(|x| x.name == "sitewatch_probes_total")
-            .map(|x| x.value)
-            .sum();
+        let total = s.total_probes();
         (total >= 10.0).then_some(())
     })
     .await;

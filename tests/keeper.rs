@@ -518,12 +518,7 @@ async fn a_slow_database_slows_only_the_keeper() {
     let from = exporter_last_seq(&ex).await;
     // The exporter goes on probing whatever the database does (it never waits for the keeper).
     ex.wait_for("30 more results", |s| {
-        let total: f64 = s
-            .samples
-            .iter()
-            .filter(|x| x.name == "sitewatch_probes_total")
-            .map(|x| x.value)
-            .sum();
+        let total = s.total_probes();
         (total >= from as f64 + 30.0).then_some(())
     })
     .await;

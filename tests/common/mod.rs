@@ -232,6 +232,15 @@ impl Scrape {
         .unwrap_or(0.0)
     }
 
+    /// Probes finished so far, over every site and result.
+    pub fn total_probes(&self) -> f64 {
+        self.samples
+            .iter()
+            .filter(|x| x.name == "sitewatch_probes_total")
+            .map(|x| x.value)
+            .sum()
+    }
+
     /// Every sample of `site`.
     pub fn of_site(&self, site: &str) -> Vec<&Sample> {
         self.samples
