@@ -226,7 +226,6 @@ impl prometheus_client::collector::Collector for SiteTable {
             .values()
             .map(|s| (s.clone(), s.state.lock().expect("site lock").clone()))
             .collect();
-        let last = |st: &SiteState| st.last.clone();
         let mut series = 0usize;
         let e = &mut encoder;
         let s = &snapshot;
@@ -237,14 +236,14 @@ impl prometheus_client::collector::Collector for SiteTable {
             s,
             "probe_success",
             "Whether the last probe passed every check.",
-            |st| last(st).map(|r| b(r.success())),
+            |st| st.last.as_ref().map(|r| b(r.success())),
         )?;
         series += gauge_family(
             e,
             s,
             "probe_duration_seconds",
             "Wall time of the last probe in seconds.",
-            |st| last(st).map(|r| r.duration.as_secs_f64()),
+            |st| st.last.as_ref().map(|r| r.duration.as_secs_f64()),
         )?;
         if settings.phases {
             let with_last: Vec<_> = s.iter().filter(|(_, st)| st.last.is_some()).collect();
@@ -272,56 +271,61 @@ impl prometheus_client::collector::Collector for SiteTable {
             s,
             "probe_http_status_code",
             "Final status code of the last probe, 0 if none.",
-            |st| last(st).map(|r| f64::from(r.status_code)),
+            |st| st.last.as_ref().map(|r| f64::from(r.status_code)),
         )?;
         series += gauge_family(
             e,
             s,
             "probe_http_content_length",
             "Body bytes read by the last probe.",
-            |st| last(st).map(|r| r.content_length as f64),
+            |st| st.last.as_ref().map(|r| r.content_length as f64),
         )?;
         series += gauge_family(
             e,
             s,
             "probe_http_redirects",
             "Redirects followed by the last probe.",
-            |st| last(st).map(|r| f64::from(r.redirects)),
+            |st| st.last.as_ref().map(|r| f64::from(r.redirects)),
         )?;
         series += gauge_family(
             e,
             s,
             "probe_http_ssl",
             "Whether the last probe's final URL used TLS.",
-            |st| last(st).map(|r| b(r.ssl)),
+            |st| st.last.as_ref().map(|r| b(r.ssl)),
         )?;
         series += gauge_family(
             e,
             s,
             "probe_http_version",
             "HTTP version of the last probe's final response.",
-            |st| last(st).map(|r| r.http_version),
+            |st| st.last.as_ref().map(|r| r.http_version),
         )?;
         series += gauge_family(
             e,
             s,
             "probe_ssl_earliest_cert_expiry",
             "Unix time in seconds when the first certificate of the last presented chain expires.",
-            |st| last(st).and_then(|r| r.cert_expiry).map(|t| t as f64),
+            |st| {
+                st.last
+                    .as_ref()
+                    .and_then(|r| r.cert_expiry)
+                    .map(|t| t as f64)
+            },
         )?;
         series += gauge_family(
             e,
             s,
             "probe_failed_due_to_regex",
             "Whether a regex check of the last probe failed.",
-            |st| last(st).map(|r| b(r.failed_due_to_regex)),
+            |st| st.last.as_ref().map(|r| b(r.failed_due_to_regex)),
         )?;
         series += gauge_family(
             e,
             s,
             "probe_dns_lookup_time_seconds",
             "DNS lookup time of the last probe in seconds.",
-            |st| last(st).map(|r| r.phases.resolve.as_secs_f64()),
+            |st| st.last.as_ref().map(|r| r.phases.resolve.as_secs_f64()),
         )?;
 
         if settings.histogram && !s.is_empty() {

@@ -93,7 +93,7 @@ impl ResultLog {
     }
 
     /// Appends a result and wakes waiting readers.
-    pub fn push(&self, site: &Arc<Site>, result: &ProbeResult) {
+    pub fn push(&self, site: &Arc<Site>, result: ProbeResult) {
         let seq = {
             let mut inner = self.inner.lock().expect("results lock");
             let seq = inner.next_seq;
@@ -104,7 +104,7 @@ impl ResultLog {
             inner.records.push_back(Record {
                 seq,
                 site: site.clone(),
-                result: result.clone(),
+                result,
             });
             seq
         };
@@ -357,7 +357,7 @@ mod tests {
         let (s, r) = (site(), result());
         assert_eq!(log.page(0, 10).records.len(), 0);
         for _ in 0..5 {
-            log.push(&s, &r);
+            log.push(&s, r.clone());
         }
         let p = log.page(0, 10);
         // 1 and 2 fell off: a follower that asked after 0 missed them.
@@ -394,7 +394,7 @@ mod tests {
             tokio::spawn(async move { log.wait_page(0, 10, Duration::from_secs(30)).await })
         };
         tokio::task::yield_now().await;
-        log.push(&site(), &result());
+        log.push(&site(), result());
         let page = reader.await.unwrap();
         assert_eq!(page.records.len(), 1);
         // With nothing new, the wait ends at its deadline with an empty page.

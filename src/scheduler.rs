@@ -195,7 +195,7 @@ async fn site_loop(
         drop(permit);
         debug!(site = %site.id, result = %result.class, duration = ?result.duration, error = result.error.as_deref().unwrap_or(""), "probe finished");
         shared.metrics.sites.record(&key, &result);
-        shared.results.push(&site, &result);
+        shared.results.push(&site, result);
         let (next, missed) = next_due(due, site.interval, Instant::now());
         if missed > 0 {
             health.skipped.inc_by(missed);
