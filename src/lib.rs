@@ -179,10 +179,10 @@ impl App {
         Some(match loaded {
             Ok((prober, config)) => {
                 let n = config.sites.len();
-                if state.current.as_deref() != Some(&config) {
-                    self.scheduler.apply(&config, prober);
-                    state.current = Some(Arc::new(config));
-                }
+                // `apply` is a diff already: comparing whole configs first would compare every
+                // site twice whenever something changed.
+                self.scheduler.apply(&config, prober);
+                state.current = Some(Arc::new(config));
                 self.metrics.health.reloaded(true);
                 self.ready.store(true, Ordering::Release);
                 info!(config = %path.display(), sites = n, "configuration loaded");
