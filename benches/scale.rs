@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sitewatch::demo::{respond, serve_target, TestCertificate};
-use support::{cpu_seconds, rss_mib, start_sitewatch, Proc};
+use support::{context_switches, cpu_seconds, rss_mib, start_sitewatch, Proc};
 use tokio::net::TcpListener;
 
 const PAGE: [u8; 4096] = [b'x'; 4096];
@@ -197,17 +197,20 @@ struct Cpu {
     probes_per_s: f64,
     cpu_per_probe_us: f64,
     core_share: f64,
+    switches_per_probe: f64,
 }
 
 async fn measure_cpu(pid: u32, hits: &AtomicU64, window: Duration) -> Cpu {
-    let (c0, h0, t0) = (
+    let (c0, s0, h0, t0) = (
         cpu_seconds(pid),
+        context_switches(pid),
         hits.load(Ordering::Relaxed),
         Instant::now(),
     );
     tokio::time::sleep(window).await;
-    let (c1, h1, secs) = (
+    let (c1, s1, h1, secs) = (
         cpu_seconds(pid),
+        context_switches(pid),
         hits.load(Ordering::Relaxed),
         t0.elapsed().as_secs_f64(),
     );
@@ -216,12 +219,25 @@ async fn measure_cpu(pid: u32, hits: &AtomicU64, window: Duration) -> Cpu {
         probes_per_s: probes / secs,
         cpu_per_probe_us: (c1 - c0) / probes.max(1.0) * 1e6,
         core_share: (c1 - c0) / secs,
+        switches_per_probe: s1.saturating_sub(s0) as f64 / probes.max(1.0),
     }
 }
 
 struct Sizes {
     quick: bool,
-    window: Duration,
+}
+
+impl Sizes {
+    /// CPU measurement window. At 100 probes/s an exporter uses a few percent of a core, a
+    /// few hundred clock ticks a minute: a minute keeps tick rounding and bursts of hanging
+    /// probes under 1% of the figure.
+    fn window(&self, saturate: bool) -> Duration {
+        match (self.quick, saturate) {
+            (true, _) => Duration::from_secs(5),
+            (false, false) => Duration::from_secs(60),
+            (false, true) => Duration::from_secs(20),
+        }
+    }
 }
 
 async fn sitewatch_cpu(farm: &Farm, dir: &Path, tls: bool, saturate: bool, s: &Sizes) -> Cpu {
@@ -236,7 +252,7 @@ async fn sitewatch_cpu(farm: &Farm, dir: &Path, tls: bool, saturate: bool, s: &S
     let p = start_sitewatch(&path, &exporter_cpu());
     // Sites start spread over one interval; measure after the first one.
     tokio::time::sleep(parse_secs(interval) + Duration::from_secs(2)).await;
-    measure_cpu(p.child.id(), &farm.hits, s.window).await
+    measure_cpu(p.child.id(), &farm.hits, s.window(saturate)).await
 }
 
 fn parse_secs(s: &str) -> Duration {
@@ -295,7 +311,7 @@ async fn blackbox_cpu(farm: &Farm, bb: &Proc, tls: bool, saturate: bool, s: &Siz
         }));
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let cpu = measure_cpu(bb.child.id(), &farm.hits, s.window).await;
+    let cpu = measure_cpu(bb.child.id(), &farm.hits, s.window(saturate)).await;
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         t.abort();
@@ -391,10 +407,7 @@ async fn main() {
         .unwrap_or(if quick { 1 } else { 2 });
     let bb_bin =
         std::env::var("BLACKBOX").unwrap_or_else(|_| "prometheus-blackbox-exporter".into());
-    let sizes = Sizes {
-        quick,
-        window: Duration::from_secs(if quick { 5 } else { 20 }),
-    };
+    let sizes = Sizes { quick };
     let parts = std::env::var("PARTS").unwrap_or_else(|_| "cpu,scale,soak".into());
     let run = |part: &str| parts.split(',').any(|p| p.trim() == part);
     let dir = tempfile::tempdir().unwrap();
@@ -412,8 +425,8 @@ async fn main() {
     );
 
     // 1 and 2: CPU per probe, side by side.
-    let _ = writeln!(out, "\n| CPU per probe | sitewatch probes/s | sitewatch µs/probe | blackbox probes/s | blackbox µs/probe | sitewatch / blackbox |");
-    let _ = writeln!(out, "|---|---|---|---|---|---|");
+    let _ = writeln!(out, "\n| CPU per probe | sitewatch probes/s | sitewatch µs/probe | sitewatch switches/probe | blackbox probes/s | blackbox µs/probe | blackbox switches/probe | sitewatch / blackbox |");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
     let bb = if run("cpu") {
         start_blackbox(&bb_bin, dir.path(), &farm.ca)
     } else {
@@ -441,7 +454,7 @@ async fn main() {
             Some(bb) => Some(blackbox_cpu(&farm, bb, tls, saturate, &sizes).await),
             None => None,
         };
-        let (bps, bcpu, ratio) = match bbc {
+        let (bps, bcpu, bsw, ratio) = match bbc {
             Some(b) => (
                 format!("{:.0}", b.probes_per_s),
                 format!(
@@ -449,20 +462,23 @@ async fn main() {
                     b.cpu_per_probe_us,
                     b.core_share * 100.0
                 ),
+                format!("{:.1}", b.switches_per_probe),
                 format!("{:.2}", sw.cpu_per_probe_us / b.cpu_per_probe_us),
             ),
             None => (
                 "not run".into(),
                 "blackbox_exporter not installed".into(),
                 "-".into(),
+                "-".into(),
             ),
         };
         let _ = writeln!(
             out,
-            "| {label} | {:.0} | {:.0} ({:.0}% of a core) | {bps} | {bcpu} | {ratio} |",
+            "| {label} | {:.0} | {:.0} ({:.0}% of a core) | {:.1} | {bps} | {bcpu} | {bsw} | {ratio} |",
             sw.probes_per_s,
             sw.cpu_per_probe_us,
-            sw.core_share * 100.0
+            sw.core_share * 100.0,
+            sw.switches_per_probe
         );
         eprint!("{out}");
         out.clear();

@@ -95,6 +95,12 @@ pub enum Command {
         /// At most this many probes at once.
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
+        /// Adds a `location` label to every pushed series.
+        #[arg(long)]
+        location: Option<String>,
+        /// How long to wait for remote-write receivers to accept the samples.
+        #[arg(long = "push.timeout", default_value = "30s", value_parser = humantime::parse_duration)]
+        push_timeout: std::time::Duration,
     },
     /// Mirror an exporter's sites and probe results into SQL tables `sites` and `stats`.
     Keeper {
@@ -182,7 +188,9 @@ async fn dispatch(command: Command) -> ExitCode {
             config,
             output,
             concurrency,
-        } => once(&config, output, concurrency).await,
+            location,
+            push_timeout,
+        } => once(&config, output, concurrency, location, push_timeout).await,
         Command::Keeper {
             source,
             database_url,
@@ -258,7 +266,13 @@ async fn serve_exporter(config: PathBuf, serve: ServeArgs) -> ExitCode {
     }
 }
 
-async fn once(path: &std::path::Path, output: crate::once::Output, concurrency: usize) -> ExitCode {
+async fn once(
+    path: &std::path::Path,
+    output: crate::once::Output,
+    concurrency: usize,
+    location: Option<String>,
+    push_timeout: std::time::Duration,
+) -> ExitCode {
     let config = match config::load_path(path, &SystemSecrets) {
         Ok(c) => c,
         Err(e) => {
@@ -273,7 +287,8 @@ async fn once(path: &std::path::Path, output: crate::once::Output, concurrency: 
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    match crate::once::report(&mut std::io::stdout().lock(), &results, output) {
+    let pushes = crate::once::push(&config, &results, location, push_timeout).await;
+    match crate::once::report(&mut std::io::stdout().lock(), &results, &pushes, output) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {

@@ -165,12 +165,65 @@ pub struct Network {
     pub resolver: ResolverSetting,
 }
 
-/// A remote-write destination (pushing lands with the remote-write issue).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A remote-write destination: where probe samples are pushed, and how.
+#[derive(Debug, Clone, PartialEq)]
 pub struct RemoteWrite {
+    /// Names the destination in logs and in the `destination` label of its metrics;
+    /// defaults to the URL.
+    pub name: String,
     /// The receiver's URL.
     pub url: Url,
+    /// Labels added to every series that does not already carry the label, sorted by name.
+    pub external_labels: Vec<(String, String)>,
+    /// Extra request headers (a tenant header such as `X-Scope-OrgID`, for example).
+    pub headers: HeaderMap,
+    /// Authentication.
+    pub auth: Option<Auth>,
+    /// TLS settings for `https://` receivers.
+    pub tls: Arc<tls::TlsClient>,
+    /// Deadline of one request.
+    pub timeout: Duration,
+    /// Queueing, batching and retries.
+    pub queue: QueueSettings,
 }
+
+/// The queue of one remote-write destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueSettings {
+    /// Samples held while the receiver is slow or down; beyond it new samples are dropped.
+    pub capacity: usize,
+    /// Samples in one request at most.
+    pub max_samples_per_send: usize,
+    /// How long a partial batch waits for more samples before it is sent.
+    pub batch_send_deadline: Duration,
+    /// First wait before a retry; doubled after each failure, with jitter.
+    pub min_backoff: Duration,
+    /// Longest wait between retries.
+    pub max_backoff: Duration,
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        Self {
+            capacity: 100_000,
+            max_samples_per_send: 2_000,
+            batch_send_deadline: Duration::from_secs(5),
+            min_backoff: Duration::from_millis(30),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Headers the remote-write protocol sets itself, or that have their own setting.
+const RESERVED_REMOTE_WRITE_HEADERS: &[&str] = &[
+    "content-encoding",
+    "content-type",
+    "content-length",
+    "x-prometheus-remote-write-version",
+    "authorization",
+    "user-agent",
+    "host",
+];
 
 /// Which optional per-site series are exported: series are what users pay for downstream.
 #[derive(Debug, Clone, PartialEq)]
@@ -321,6 +374,27 @@ struct RawNetwork {
 #[serde(deny_unknown_fields)]
 struct RawRemoteWrite {
     url: String,
+    name: Option<String>,
+    #[serde(default)]
+    external_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    basic_auth: Option<RawBasicAuth>,
+    bearer_token_file: Option<PathBuf>,
+    bearer_token_env: Option<String>,
+    tls: Option<RawTls>,
+    timeout: Option<String>,
+    queue: Option<RawQueue>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQueue {
+    capacity: Option<usize>,
+    max_samples_per_send: Option<usize>,
+    batch_send_deadline: Option<String>,
+    min_backoff: Option<String>,
+    max_backoff: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -474,7 +548,7 @@ pub fn parse_sources(
             config.network = ctx.network(n);
         }
         if let Some(rw) = raw.remote_write {
-            config.remote_write = ctx.remote_write(rw);
+            config.remote_write = ctx.remote_write(rw, secrets, &mut tls_cache);
         }
         if let Some(m) = raw.metrics {
             config.metrics = ctx.metrics(m);
@@ -712,19 +786,274 @@ impl Ctx<'_> {
         }
     }
 
-    fn remote_write(&mut self, raw: Vec<RawRemoteWrite>) -> Vec<RemoteWrite> {
-        raw.into_iter()
-            .filter_map(|rw| match parse_http_url(&rw.url) {
-                Ok(url) => Some(RemoteWrite { url }),
-                Err(e) => {
-                    let line = self
-                        .section("remote_write")
-                        .and_then(|(s, e)| line_of_key(&self.lines, s, e, "url"));
-                    self.push(line, None, Some("remote_write.url"), e);
+    /// The 0-based line range of the `index`-th item of a top-level list section.
+    fn item_block(&self, section: &str, index: usize) -> Option<(usize, usize)> {
+        let (start, end) = self.section(section)?;
+        let lines = &self.lines;
+        let indent = |i: usize| lines[i].len() - lines[i].trim_start().len();
+        let items: Vec<usize> = (start + 1..end)
+            .filter(|&i| lines[i].trim_start().starts_with("- "))
+            .collect();
+        let top = items.iter().map(|&i| indent(i)).min()?;
+        let items: Vec<usize> = items.into_iter().filter(|&i| indent(i) == top).collect();
+        let first = *items.get(index)?;
+        Some((first, items.get(index + 1).copied().unwrap_or(end)))
+    }
+
+    fn remote_write(
+        &mut self,
+        raw: Vec<RawRemoteWrite>,
+        secrets: &dyn Secrets,
+        tls_cache: &mut tls::ClientCache,
+    ) -> Vec<RemoteWrite> {
+        let mut out: Vec<RemoteWrite> = Vec::new();
+        for (index, rw) in raw.into_iter().enumerate() {
+            let before = self.errors.len();
+            let err = |ctx: &mut Self, field: &str, message: String| {
+                let line = ctx
+                    .item_block("remote_write", index)
+                    .and_then(|(s, e)| line_of_path(&ctx.lines, s, e, field))
+                    .or_else(|| ctx.item_block("remote_write", index).map(|(s, _)| s + 1));
+                ctx.push(
+                    line,
+                    None,
+                    Some(&format!("remote_write[{index}].{field}")),
+                    message,
+                );
+            };
+            let url = match parse_http_url(&rw.url) {
+                Ok(u) if !u.username().is_empty() || u.password().is_some() => {
+                    let msg = "credentials in the URL are not allowed: use basic_auth with password_file or password_env";
+                    err(self, "url", msg.into());
                     None
                 }
-            })
-            .collect()
+                Ok(u) => Some(u),
+                Err(e) => {
+                    err(self, "url", e);
+                    None
+                }
+            };
+            let name = rw
+                .name
+                .clone()
+                .or_else(|| url.as_ref().map(Url::to_string))
+                .unwrap_or_default();
+            if rw.name.as_deref().is_some_and(|n| n.trim().is_empty()) {
+                err(self, "name", "must not be empty".into());
+            } else if out.iter().any(|o| o.name == name) {
+                let msg = format!("two destinations are named {name:?}; give each a distinct name");
+                err(self, "name", msg);
+            }
+            let mut external_labels = Vec::new();
+            for (k, v) in rw.external_labels {
+                if !valid_label_name(&k) {
+                    err(
+                        self,
+                        "external_labels",
+                        format!("{k:?} is not a valid label name"),
+                    );
+                } else {
+                    external_labels.push((k, v));
+                }
+            }
+            let headers = match parse_headers(&rw.headers) {
+                Ok(h) => h,
+                Err(e) => {
+                    err(self, "headers", e);
+                    HeaderMap::new()
+                }
+            };
+            for name in headers.keys() {
+                if RESERVED_REMOTE_WRITE_HEADERS.contains(&name.as_str()) {
+                    let msg = format!("header {name:?} is set by sitewatch itself (use basic_auth or a bearer token for Authorization)");
+                    err(self, "headers", msg);
+                }
+            }
+            let auth = self.auth(
+                secrets,
+                rw.basic_auth,
+                rw.bearer_token_file,
+                rw.bearer_token_env,
+                &err,
+            );
+            let raw_tls = rw.tls.unwrap_or_default();
+            let tls = self.tls_client(raw_tls, tls_cache, &err);
+            let duration =
+                |ctx: &mut Self, field: &str, v: Option<String>, default: Duration| match v
+                    .map(|v| parse_duration(&v))
+                {
+                    None => default,
+                    Some(Ok(d)) if !d.is_zero() => d,
+                    Some(Ok(_)) => {
+                        err(ctx, field, "must be greater than zero".into());
+                        default
+                    }
+                    Some(Err(e)) => {
+                        err(ctx, field, e);
+                        default
+                    }
+                };
+            let timeout = duration(self, "timeout", rw.timeout, Duration::from_secs(30));
+            let raw_queue = rw.queue.unwrap_or_default();
+            let d = QueueSettings::default();
+            let queue = QueueSettings {
+                capacity: raw_queue.capacity.unwrap_or(d.capacity),
+                max_samples_per_send: raw_queue
+                    .max_samples_per_send
+                    .unwrap_or(d.max_samples_per_send),
+                batch_send_deadline: duration(
+                    self,
+                    "queue.batch_send_deadline",
+                    raw_queue.batch_send_deadline,
+                    d.batch_send_deadline,
+                ),
+                min_backoff: duration(
+                    self,
+                    "queue.min_backoff",
+                    raw_queue.min_backoff,
+                    d.min_backoff,
+                ),
+                max_backoff: duration(
+                    self,
+                    "queue.max_backoff",
+                    raw_queue.max_backoff,
+                    d.max_backoff,
+                ),
+            };
+            if queue.max_samples_per_send == 0 {
+                err(
+                    self,
+                    "queue.max_samples_per_send",
+                    "must be at least 1".into(),
+                );
+            } else if queue.capacity < queue.max_samples_per_send {
+                let msg = format!(
+                    "capacity {} is smaller than max_samples_per_send {}",
+                    queue.capacity, queue.max_samples_per_send
+                );
+                err(self, "queue.capacity", msg);
+            }
+            if queue.min_backoff > queue.max_backoff {
+                err(
+                    self,
+                    "queue.min_backoff",
+                    "is longer than queue.max_backoff".into(),
+                );
+            }
+            if self.errors.len() > before {
+                continue;
+            }
+            let (Some(url), Some(tls)) = (url, tls) else {
+                continue;
+            };
+            out.push(RemoteWrite {
+                name,
+                url,
+                external_labels,
+                headers,
+                auth,
+                tls,
+                timeout,
+                queue,
+            });
+        }
+        out
+    }
+
+    /// Authentication from `basic_auth` or a bearer token, each secret from a file or the
+    /// environment; `err` reports a field relative to the enclosing item.
+    fn auth(
+        &mut self,
+        secrets: &dyn Secrets,
+        basic_auth: Option<RawBasicAuth>,
+        bearer_token_file: Option<PathBuf>,
+        bearer_token_env: Option<String>,
+        err: &dyn Fn(&mut Self, &str, String),
+    ) -> Option<Auth> {
+        // `base` is `basic_auth.password` or `bearer_token`; the field named is the form used.
+        let read = |ctx: &mut Self, base: &str, file: Option<PathBuf>, env: Option<String>| match (
+            file, env,
+        ) {
+            (Some(_), Some(_)) => {
+                let msg = "set either the _file or the _env form, not both".to_string();
+                err(ctx, &format!("{base}_env"), msg);
+                None
+            }
+            (Some(path), None) => {
+                let full = ctx.relative(&path);
+                match secrets.file(&full) {
+                    Ok(s) => Some(Secret(s.trim_end_matches(['\n', '\r']).to_string())),
+                    Err(e) => {
+                        let msg = format!("cannot read secret file {}: {e}", full.display());
+                        err(ctx, &format!("{base}_file"), msg);
+                        None
+                    }
+                }
+            }
+            (None, Some(name)) => secrets.env(&name).map(Secret).or_else(|| {
+                let msg = format!("environment variable {name} is not set");
+                err(ctx, &format!("{base}_env"), msg);
+                None
+            }),
+            (None, None) => None,
+        };
+        let bearer_field = if bearer_token_file.is_some() {
+            "bearer_token_file"
+        } else {
+            "bearer_token_env"
+        };
+        let basic = basic_auth.map(|b| {
+            let password = read(self, "basic_auth.password", b.password_file, b.password_env);
+            (b.username, password)
+        });
+        let bearer = read(self, "bearer_token", bearer_token_file, bearer_token_env);
+        match (basic, bearer) {
+            (Some(_), Some(_)) => {
+                err(
+                    self,
+                    bearer_field,
+                    "set either basic_auth or a bearer token, not both".into(),
+                );
+                None
+            }
+            (Some((username, Some(password))), None) => Some(Auth::Basic { username, password }),
+            (Some((username, None)), None) => Some(Auth::Basic {
+                username,
+                password: Secret(String::new()),
+            }),
+            (None, Some(token)) => Some(Auth::Bearer(token)),
+            (None, None) => None,
+        }
+    }
+
+    /// The TLS client for a `tls:` block (paths relative to the file).
+    fn tls_client(
+        &mut self,
+        raw: RawTls,
+        tls_cache: &mut tls::ClientCache,
+        err: &dyn Fn(&mut Self, &str, String),
+    ) -> Option<Arc<tls::TlsClient>> {
+        let settings = TlsSettings {
+            insecure_skip_verify: raw.insecure_skip_verify,
+            ca_file: raw.ca_file.map(|p| self.relative(&p)),
+            server_name: raw.server_name,
+        };
+        if let Some(name) = &settings.server_name {
+            if rustls_pki_types::ServerName::try_from(name.as_str()).is_err() {
+                err(
+                    self,
+                    "tls.server_name",
+                    format!("{name:?} is not a valid server name"),
+                );
+            }
+        }
+        match tls_cache.get(&settings) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                err(self, "tls.ca_file", e);
+                None
+            }
+        }
     }
 
     fn metrics(&mut self, raw: RawMetrics) -> MetricsSettings {
@@ -952,71 +1281,13 @@ impl Ctx<'_> {
             None => None,
         };
 
-        let auth = {
-            // `base` is `basic_auth.password` or `bearer_token`; the field named is the form used.
-            let read =
-                |ctx: &mut Self, base: &str, file: Option<PathBuf>, env: Option<String>| match (
-                    file, env,
-                ) {
-                    (Some(_), Some(_)) => {
-                        let msg = "set either the _file or the _env form, not both".to_string();
-                        err(ctx, &format!("{base}_env"), msg);
-                        None
-                    }
-                    (Some(path), None) => {
-                        let full = ctx.relative(&path);
-                        match secrets.file(&full) {
-                            Ok(s) => Some(Secret(s.trim_end_matches(['\n', '\r']).to_string())),
-                            Err(e) => {
-                                let msg =
-                                    format!("cannot read secret file {}: {e}", full.display());
-                                err(ctx, &format!("{base}_file"), msg);
-                                None
-                            }
-                        }
-                    }
-                    (None, Some(name)) => secrets.env(&name).map(Secret).or_else(|| {
-                        let msg = format!("environment variable {name} is not set");
-                        err(ctx, &format!("{base}_env"), msg);
-                        None
-                    }),
-                    (None, None) => None,
-                };
-            let bearer_field = if raw.bearer_token_file.is_some() {
-                "bearer_token_file"
-            } else {
-                "bearer_token_env"
-            };
-            let basic = raw.basic_auth.map(|b| {
-                let password = read(self, "basic_auth.password", b.password_file, b.password_env);
-                (b.username, password)
-            });
-            let bearer = read(
-                self,
-                "bearer_token",
-                raw.bearer_token_file,
-                raw.bearer_token_env,
-            );
-            match (basic, bearer) {
-                (Some(_), Some(_)) => {
-                    err(
-                        self,
-                        bearer_field,
-                        "set either basic_auth or a bearer token, not both".into(),
-                    );
-                    None
-                }
-                (Some((username, Some(password))), None) => {
-                    Some(Auth::Basic { username, password })
-                }
-                (Some((username, None)), None) => Some(Auth::Basic {
-                    username,
-                    password: Secret(String::new()),
-                }),
-                (None, Some(token)) => Some(Auth::Bearer(token)),
-                (None, None) => None,
-            }
-        };
+        let auth = self.auth(
+            secrets,
+            raw.basic_auth,
+            raw.bearer_token_file,
+            raw.bearer_token_env,
+            &err,
+        );
         if let Some(u) = &url {
             if !u.username().is_empty() || u.password().is_some() {
                 err(
@@ -1028,28 +1299,7 @@ impl Ctx<'_> {
         }
 
         let raw_tls = raw.tls.or_else(|| defaults.tls.clone()).unwrap_or_default();
-        let tls_settings = TlsSettings {
-            insecure_skip_verify: raw_tls.insecure_skip_verify,
-            ca_file: raw_tls.ca_file.map(|p| self.relative(&p)),
-            server_name: raw_tls.server_name,
-        };
-        if let Some(name) = &tls_settings.server_name {
-            if rustls_pki_types::ServerName::try_from(name.as_str()).is_err() {
-                err(
-                    self,
-                    "tls.server_name",
-                    format!("{name:?} is not a valid server name"),
-                );
-            }
-        }
-        let tls = match tls_cache.get(&tls_settings) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                err(self, "tls.ca_file", e);
-                None
-            }
-        };
-
+        let tls = self.tls_client(raw_tls, tls_cache, &err);
         if self.errors.len() > before {
             return None;
         }

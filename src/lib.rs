@@ -6,6 +6,7 @@
 //! - [`probe`]: one probe of one [`config::Site`] -> [`probe::ProbeResult`].
 //! - [`scheduler`]: one task per site, on its interval, under a global bound on probes in flight.
 //! - [`metrics`]: per-site series from the last [`probe::ProbeResult`], exporter health, `process_*`.
+//! - [`remote_write`]: pushes each probe's samples to remote-write receivers, queued per destination.
 //! - [`results`]: the recent-results log with sequence numbers, for followers (the keeper).
 //! - [`server`]: `/metrics`, `/-/healthy`, `/-/ready`, `/-/reload`.
 //! - [`watch`]: reloads when the config file or directory changes (notify, debounced).
@@ -27,6 +28,7 @@ pub mod keeper;
 pub mod metrics;
 pub mod once;
 pub mod probe;
+pub mod remote_write;
 pub mod resolve;
 pub mod results;
 pub mod scheduler;
@@ -101,6 +103,7 @@ pub struct App {
     options: RunOptions,
     metrics: Arc<Metrics>,
     results: Arc<results::ResultLog>,
+    remote: Arc<remote_write::RemoteWriter>,
     scheduler: Scheduler,
     ready: AtomicBool,
     state: Mutex<ReloadState>,
@@ -123,9 +126,13 @@ impl App {
             options.results_capacity,
             options.location.clone(),
         ));
+        let remote = Arc::new(remote_write::RemoteWriter::new(
+            metrics.remote_write.clone(),
+        ));
         let scheduler = Scheduler::new(
             metrics.clone(),
             results.clone(),
+            remote.clone(),
             prober,
             options.max_in_flight,
         );
@@ -133,6 +140,7 @@ impl App {
             options,
             metrics,
             results,
+            remote,
             scheduler,
             ready: AtomicBool::new(false),
             state: Mutex::default(),
@@ -182,6 +190,7 @@ impl App {
                 // `apply` is a diff already: comparing whole configs first would compare every
                 // site twice whenever something changed.
                 self.scheduler.apply(&config, prober);
+                self.remote.apply(&config.remote_write);
                 state.current = Some(Arc::new(config));
                 self.metrics.health.reloaded(true);
                 self.ready.store(true, Ordering::Release);
@@ -229,9 +238,14 @@ pub async fn run(
     reloader.abort();
     watcher.abort();
     info!("shutting down: no new probes, waiting for probes in flight");
+    let until = tokio::time::Instant::now() + grace;
     if !app.scheduler.shutdown(grace).await {
         warn!(grace = ?grace, "probes still in flight at the end of the grace period were dropped");
     }
+    // What probes produced is pushed within what is left of the same grace period, so the
+    // whole stop fits the one budget an orchestrator gives.
+    let left = until.saturating_duration_since(tokio::time::Instant::now());
+    app.remote.close(left.max(Duration::from_secs(1))).await;
     Ok(())
 }
 

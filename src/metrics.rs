@@ -28,6 +28,9 @@ pub const PROMETHEUS_CONTENT_TYPE: &str =
 pub const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+/// The NaN Prometheus uses as a staleness marker (`value.StaleNaN`).
+pub const STALE_NAN_BITS: u64 = 0x7ff0_0000_0000_0002;
+
 /// Buckets of `sitewatch_schedule_lag_seconds`.
 const LAG_BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -143,6 +146,34 @@ impl SiteTable {
         );
     }
 
+    /// Whether `site` is exported now under labels other than those it would get: inserting it
+    /// replaces its series.
+    pub fn relabels(&self, site: &Site) -> bool {
+        let labels = self.labels_for(site);
+        self.sites
+            .read()
+            .expect("sites lock")
+            .get(&site.key())
+            .is_some_and(|s| s.labels != labels)
+    }
+
+    /// Staleness markers for every series of a site that is going away (removed, or
+    /// relabeled): what a scraping Prometheus would record when the series disappear, so a
+    /// remote-write receiver stops showing the last value five minutes later. `None` if the
+    /// site was never probed.
+    pub fn stale_markers(&self, key: &str) -> Option<ProbeSamples> {
+        let mut s = self.samples(key)?;
+        for sample in &mut s.samples {
+            sample.value = f64::from_bits(STALE_NAN_BITS);
+        }
+        s.timestamp_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0)
+            .max(s.timestamp_ms + 1);
+        Some(s)
+    }
+
     /// Stops exporting a site: all its series disappear from the next scrape.
     pub fn remove(&self, key: &str) {
         self.sites.write().expect("sites lock").remove(key);
@@ -187,6 +218,131 @@ impl SiteTable {
     /// Whether no site is exported.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// One sample of a site after a probe, for remote-write: the metric name (with its `_total`,
+/// `_bucket`, `_sum`, `_count` suffix), at most one label beyond the site's, and the value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PushSample {
+    /// Metric name as stored by Prometheus.
+    pub name: &'static str,
+    /// `phase`, `result` or `le`.
+    pub extra: Option<(&'static str, String)>,
+    /// The value.
+    pub value: f64,
+}
+
+/// Every series of one site after a probe, timestamped when the probe finished: what a scrape
+/// right after the probe would have seen of this site.
+#[derive(Debug, Clone)]
+pub struct ProbeSamples {
+    series: Arc<SiteSeries>,
+    /// Milliseconds since the Unix epoch.
+    pub timestamp_ms: i64,
+    /// The samples.
+    pub samples: Vec<PushSample>,
+}
+
+impl ProbeSamples {
+    /// The labels every sample carries: `site`, `url`, `tenant`, `location`, the site's own.
+    pub fn labels(&self) -> &[(String, String)] {
+        &self.series.labels.0
+    }
+}
+
+/// A histogram bound as the exposition writes it (`0.005`, `1.0`, `+Inf`), so a pushed `le`
+/// equals a scraped one.
+fn bound_label(b: f64) -> String {
+    if b == f64::INFINITY {
+        "+Inf".into()
+    } else {
+        dtoa::Buffer::new().format(b).to_string()
+    }
+}
+
+impl SiteTable {
+    /// The samples of a site as they stand after its last probe; `None` before its first
+    /// probe or for an unknown site.
+    pub fn samples(&self, key: &str) -> Option<ProbeSamples> {
+        let series = self.sites.read().expect("sites lock").get(key).cloned()?;
+        let settings = self.settings.read().expect("settings lock").clone();
+        let st = series.state.lock().expect("site lock").clone();
+        let r = st.last.as_ref()?;
+        let finished = st.finished_at?;
+        let b = |v: bool| if v { 1.0 } else { 0.0 };
+        let mut out = Vec::with_capacity(32);
+        let mut push = |name: &'static str, extra: Option<(&'static str, String)>, value: f64| {
+            out.push(PushSample { name, extra, value });
+        };
+        push("probe_success", None, b(r.success()));
+        push("probe_duration_seconds", None, r.duration.as_secs_f64());
+        if settings.phases {
+            for (phase, d) in r.phases.labeled() {
+                push(
+                    "probe_http_duration_seconds",
+                    Some(("phase", phase.to_string())),
+                    d.as_secs_f64(),
+                );
+            }
+        }
+        push("probe_http_status_code", None, f64::from(r.status_code));
+        push("probe_http_content_length", None, r.content_length as f64);
+        push("probe_http_redirects", None, f64::from(r.redirects));
+        push("probe_http_ssl", None, b(r.ssl));
+        push("probe_http_version", None, r.http_version);
+        if let Some(t) = r.cert_expiry {
+            push("probe_ssl_earliest_cert_expiry", None, t as f64);
+        }
+        push("probe_failed_due_to_regex", None, b(r.failed_due_to_regex));
+        push(
+            "probe_dns_lookup_time_seconds",
+            None,
+            r.phases.resolve.as_secs_f64(),
+        );
+        if settings.histogram {
+            let mut cumulative = 0;
+            let bounds = settings.histogram_buckets.iter().copied();
+            for (bound, n) in bounds.chain([f64::INFINITY]).zip(&st.buckets) {
+                cumulative += n;
+                push(
+                    "sitewatch_probe_duration_seconds_bucket",
+                    Some(("le", bound_label(bound))),
+                    cumulative as f64,
+                );
+            }
+            push("sitewatch_probe_duration_seconds_sum", None, st.sum);
+            push(
+                "sitewatch_probe_duration_seconds_count",
+                None,
+                cumulative as f64,
+            );
+        }
+        for class in ResultClass::ALL {
+            let n = st.counts[class.index()];
+            if n == 0 && class != ResultClass::Success {
+                continue;
+            }
+            push(
+                "sitewatch_probes_total",
+                Some(("result", class.as_str().to_string())),
+                n as f64,
+            );
+        }
+        push(
+            "sitewatch_probe_last_timestamp_seconds",
+            None,
+            unix_seconds(finished),
+        );
+        let timestamp_ms = finished
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        Some(ProbeSamples {
+            series,
+            timestamp_ms,
+            samples: out,
+        })
     }
 }
 
@@ -511,6 +667,8 @@ pub struct Metrics {
     pub sites: Arc<SiteTable>,
     /// Exporter health.
     pub health: Health,
+    /// Remote-write counters per destination.
+    pub remote_write: Arc<crate::remote_write::StatsTable>,
     /// Size of the last exposition: the next one is allocated at once instead of grown by
     /// doubling (at 100,000 sites that is over 200 MiB copied per scrape).
     last_size: AtomicUsize,
@@ -575,10 +733,13 @@ impl Metrics {
         let sites = Arc::new(SiteTable::new(location));
         registry.register_collector(Box::new(sites.clone()));
         registry.register_collector(Box::new(ProcessCollector));
+        let remote_write = Arc::new(crate::remote_write::StatsTable::default());
+        registry.register_collector(Box::new(remote_write.clone()));
         Self {
             registry,
             sites,
             health,
+            remote_write,
             last_size: AtomicUsize::new(0),
         }
     }

@@ -1,5 +1,6 @@
-//! `sitewatch once`: probe every site of a configuration once and report, for cron jobs and
-//! CI smoke tests. Exit status 0 only when every site passed.
+//! `sitewatch once`: probe every site of a configuration once, push the samples to the
+//! configured remote-write receivers and report, for cron jobs, CI smoke tests and
+//! serverless runtimes. Exit status 0 only when every site passed and every push landed.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -8,7 +9,9 @@ use futures_util::stream::{self, StreamExt};
 use serde::Serialize;
 
 use crate::config::{Config, Site};
+use crate::metrics::Metrics;
 use crate::probe::{ProbeResult, Prober};
+use crate::remote_write::{FlushReport, RemoteWriter};
 use crate::resolve::ResolveError;
 use crate::results::ResultJson;
 
@@ -41,6 +44,41 @@ pub async fn probe_all(
     Ok(results)
 }
 
+/// Pushes the samples of every result to the configuration's remote-write destinations
+/// (the same series the exporter would serve for one probe of each site) and waits for
+/// them, at most `timeout`. No destinations, no push.
+pub async fn push(
+    config: &Config,
+    results: &[(Arc<Site>, ProbeResult)],
+    location: Option<String>,
+    timeout: std::time::Duration,
+) -> Vec<FlushReport> {
+    if config.remote_write.is_empty() {
+        return Vec::new();
+    }
+    let metrics = Metrics::new(location);
+    metrics.sites.set_settings(&config.metrics);
+    let writer = RemoteWriter::new(metrics.remote_write.clone());
+    writer.apply(&config.remote_write);
+    for (site, result) in results {
+        let key = site.key();
+        metrics.sites.insert(site);
+        metrics.sites.record(&key, result);
+        if let Some(samples) = metrics.sites.samples(&key) {
+            writer.push(samples);
+        }
+    }
+    writer.close(timeout).await
+}
+
+#[derive(Serialize)]
+struct PushReport<'a> {
+    destination: &'a str,
+    sent: u64,
+    failed: u64,
+    dropped: u64,
+}
+
 #[derive(Serialize)]
 struct SiteReport<'a> {
     site: &'a str,
@@ -50,13 +88,15 @@ struct SiteReport<'a> {
     result: ResultJson<'a>,
 }
 
-/// Writes the report; returns whether every site passed.
+/// Writes the report; returns whether every site passed and every push was complete.
 pub fn report(
     out: &mut dyn Write,
     results: &[(Arc<Site>, ProbeResult)],
+    pushes: &[FlushReport],
     output: Output,
 ) -> std::io::Result<bool> {
-    let all_ok = results.iter().all(|(_, r)| r.success());
+    let all_ok =
+        results.iter().all(|(_, r)| r.success()) && pushes.iter().all(FlushReport::complete);
     match output {
         Output::Json => {
             let sites: Vec<SiteReport> = results
@@ -68,7 +108,17 @@ pub fn report(
                     result: ResultJson::new(r),
                 })
                 .collect();
-            let doc = serde_json::json!({ "success": all_ok, "sites": sites });
+            let pushed: Vec<PushReport> = pushes
+                .iter()
+                .map(|p| PushReport {
+                    destination: &p.name,
+                    sent: p.sent,
+                    failed: p.failed,
+                    dropped: p.dropped,
+                })
+                .collect();
+            let doc =
+                serde_json::json!({ "success": all_ok, "sites": sites, "remote_write": pushed });
             serde_json::to_writer_pretty(&mut *out, &doc)?;
             writeln!(out)?;
         }
@@ -113,6 +163,13 @@ pub fn report(
             }
             let failed = results.iter().filter(|(_, r)| !r.success()).count();
             writeln!(out, "{} sites, {} failed", results.len(), failed)?;
+            for p in pushes {
+                writeln!(
+                    out,
+                    "remote-write {}: {} samples sent, {} failed, {} dropped",
+                    p.name, p.sent, p.failed, p.dropped
+                )?;
+            }
         }
     }
     Ok(all_ok)

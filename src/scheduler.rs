@@ -18,6 +18,7 @@ use tracing::debug;
 use crate::config::{Config, Site};
 use crate::metrics::Metrics;
 use crate::probe::Prober;
+use crate::remote_write::RemoteWriter;
 use crate::results::ResultLog;
 
 /// Default bound on probes in flight across all sites.
@@ -32,6 +33,7 @@ struct Shared {
     prober: RwLock<Arc<Prober>>,
     metrics: Arc<Metrics>,
     results: Arc<ResultLog>,
+    remote: Arc<RemoteWriter>,
     permits: Semaphore,
     /// Stops new probes; probes in flight finish.
     stop: CancellationToken,
@@ -49,6 +51,7 @@ impl Scheduler {
     pub fn new(
         metrics: Arc<Metrics>,
         results: Arc<ResultLog>,
+        remote: Arc<RemoteWriter>,
         prober: Prober,
         max_in_flight: usize,
     ) -> Self {
@@ -57,6 +60,7 @@ impl Scheduler {
                 prober: RwLock::new(Arc::new(prober)),
                 metrics,
                 results,
+                remote,
                 permits: Semaphore::new(max_in_flight.max(1)),
                 stop: CancellationToken::new(),
             }),
@@ -74,10 +78,20 @@ impl Scheduler {
         let mut running = self.running.lock().expect("running lock");
         let wanted: HashMap<String, &Arc<Site>> =
             config.sites.iter().map(|s| (s.key(), s)).collect();
+        let remote = &self.shared.remote;
         running.retain(|key, r| {
             let keep = wanted.get(key).is_some_and(|s| ***s == *r.site);
             if !keep {
                 r.cancel.cancel();
+                let gone = match wanted.get(key) {
+                    None => true,
+                    Some(site) => metrics.sites.relabels(site),
+                };
+                if gone && remote.is_active() {
+                    if let Some(stale) = metrics.sites.stale_markers(key) {
+                        remote.push(stale);
+                    }
+                }
                 if !wanted.contains_key(key) {
                     metrics.sites.remove(key);
                 }
@@ -195,6 +209,11 @@ async fn site_loop(
         drop(permit);
         debug!(site = %site.id, result = %result.class, duration = ?result.duration, error = result.error.as_deref().unwrap_or(""), "probe finished");
         shared.metrics.sites.record(&key, &result);
+        if shared.remote.is_active() {
+            if let Some(samples) = shared.metrics.sites.samples(&key) {
+                shared.remote.push(samples);
+            }
+        }
         shared.results.push(&site, result);
         let (next, missed) = next_due(due, site.interval, Instant::now());
         if missed > 0 {

@@ -1148,3 +1148,157 @@ fn proxy_must_be_plain_http_without_credentials() {
         assert!(!e.to_string().contains("pw@"), "{e}");
     }
 }
+
+// ---------------------------------------------------------------------------
+// Remote-write destinations.
+
+#[test]
+fn remote_write_full_destination_parses() {
+    let config = parse(&yaml(&[
+        "remote_write:",
+        "  - url: https://mimir.example/api/v1/push",
+        "    name: mimir",
+        "    external_labels: { cluster: eu1, env: prod }",
+        "    headers: { X-Scope-OrgID: acme }",
+        "    basic_auth: { username: writer, password_file: /secrets/pw }",
+        "    tls: { insecure_skip_verify: true }",
+        "    timeout: 10s",
+        "    queue: { capacity: 5000, max_samples_per_send: 500, batch_send_deadline: 1s, min_backoff: 50ms, max_backoff: 10s }",
+        "  - url: http://vm.example:8428/api/v1/write",
+        "    bearer_token_env: API_TOKEN",
+    ]))
+    .unwrap_or_else(|e| panic!("{e:#?}"));
+    let [mimir, vm] = &config.remote_write[..] else {
+        panic!("two destinations: {config:#?}");
+    };
+    assert_eq!(mimir.name, "mimir");
+    assert_eq!(
+        mimir.external_labels,
+        [
+            ("cluster".to_string(), "eu1".to_string()),
+            ("env".to_string(), "prod".to_string())
+        ]
+    );
+    assert_eq!(mimir.headers["x-scope-orgid"], "acme");
+    assert!(
+        matches!(&mimir.auth, Some(Auth::Basic { username, password }) if username == "writer" && password.expose() == "hunter2")
+    );
+    assert!(mimir.tls.settings.insecure_skip_verify);
+    assert_eq!(mimir.timeout, Duration::from_secs(10));
+    assert_eq!(
+        mimir.queue,
+        QueueSettings {
+            capacity: 5000,
+            max_samples_per_send: 500,
+            batch_send_deadline: Duration::from_secs(1),
+            min_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(10),
+        }
+    );
+    // Unnamed: the URL names it. Defaults everywhere else.
+    assert_eq!(vm.name, "http://vm.example:8428/api/v1/write");
+    assert!(matches!(&vm.auth, Some(Auth::Bearer(t)) if t.expose() == "env-token"));
+    assert_eq!(vm.timeout, Duration::from_secs(30));
+    assert_eq!(vm.queue, QueueSettings::default());
+    // The secret never shows in a debug print of the config.
+    assert!(!format!("{config:?}").contains("hunter2"));
+}
+
+#[test]
+fn remote_write_errors_name_the_item_and_field() {
+    let errors = errors(&yaml(&[
+        "remote_write:",
+        "  - url: http://ok.example/w",
+        "    name: a",
+        "  - url: ftp://bad.example/w",
+        "    external_labels: { bad-name: x }",
+        "  - url: http://user:pw@c.example/w",
+        "    headers: { Content-Encoding: gzip }",
+        "    queue: { capacity: 10, max_samples_per_send: 100, min_backoff: 5s, max_backoff: 1s }",
+        "  - url: http://d.example/w",
+        "    name: a",
+        "    timeout: soon",
+        "    bearer_token_file: /secrets/missing",
+    ]));
+    let find = |field: &str| {
+        errors
+            .iter()
+            .find(|e| e.field.as_deref() == Some(field))
+            .unwrap_or_else(|| panic!("no error for {field}: {errors:#?}"))
+    };
+    check(
+        find("remote_write[1].url"),
+        Some(4),
+        None,
+        Some("remote_write[1].url"),
+        "must use http or https",
+    );
+    check(
+        find("remote_write[1].external_labels"),
+        Some(5),
+        None,
+        Some("remote_write[1].external_labels"),
+        "\"bad-name\" is not a valid label name",
+    );
+    check(
+        find("remote_write[2].url"),
+        Some(6),
+        None,
+        Some("remote_write[2].url"),
+        "credentials in the URL",
+    );
+    check(
+        find("remote_write[2].headers"),
+        Some(7),
+        None,
+        Some("remote_write[2].headers"),
+        "set by sitewatch itself",
+    );
+    check(
+        find("remote_write[2].queue.capacity"),
+        Some(8),
+        None,
+        Some("remote_write[2].queue.capacity"),
+        "smaller than max_samples_per_send",
+    );
+    check(
+        find("remote_write[2].queue.min_backoff"),
+        Some(8),
+        None,
+        Some("remote_write[2].queue.min_backoff"),
+        "longer than queue.max_backoff",
+    );
+    check(
+        find("remote_write[3].name"),
+        Some(10),
+        None,
+        Some("remote_write[3].name"),
+        "two destinations are named \"a\"",
+    );
+    check(
+        find("remote_write[3].timeout"),
+        Some(11),
+        None,
+        Some("remote_write[3].timeout"),
+        "invalid duration",
+    );
+    check(
+        find("remote_write[3].bearer_token_file"),
+        Some(12),
+        None,
+        Some("remote_write[3].bearer_token_file"),
+        "cannot read secret file /secrets/missing",
+    );
+    assert_eq!(errors.len(), 9, "{errors:#?}");
+}
+
+#[test]
+fn remote_write_unknown_field_is_an_error() {
+    let e = one_error(&yaml(&[
+        "remote_write:",
+        "  - url: http://ok.example/w",
+        "    queue: { max_shards: 4 }",
+    ]));
+    assert!(e.message.contains("max_shards"), "{e:#?}");
+    assert_eq!(e.line, Some(3), "{e:#?}");
+}

@@ -135,6 +135,23 @@ impl Exporter {
         );
     }
 
+    /// Sends SIGTERM and waits for the process to exit; fails the test if it does not exit
+    /// in time or exits with an error.
+    pub async fn stop_gracefully(&mut self) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -TERM {pid}");
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait for exporter") {
+                break status;
+            }
+            assert!(start.elapsed() < DEADLINE, "did not exit after SIGTERM");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(status.success(), "exit status {status:?}\n{}", self.logs());
+    }
+
     /// Waits until `site` has been probed at least once and returns the scrape.
     pub async fn probed(&self, site: &str) -> Scrape {
         self.wait_for(&format!("a probe of {site}"), |s| {
@@ -378,4 +395,229 @@ pub fn write_file(dir: &Path, name: &str, contents: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, contents).expect("write file");
     p
+}
+
+/// A free port on 127.0.0.1 for a child process that cannot report the one it bound.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Which real remote-write receiver a [`Receiver`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReceiverKind {
+    /// `prometheus --web.enable-remote-write-receiver`.
+    Prometheus,
+    /// VictoriaMetrics single-node.
+    VictoriaMetrics,
+}
+
+/// One series as a receiver stored it: labels and raw samples `(unix ms, value)`.
+#[derive(Debug, Clone)]
+pub struct StoredSeries {
+    pub labels: BTreeMap<String, String>,
+    pub samples: Vec<(i64, f64)>,
+}
+
+/// A real remote-write receiver on loopback, killed on drop.
+pub struct Receiver {
+    pub kind: ReceiverKind,
+    pub port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Receiver {
+    /// Starts a receiver on `port` (pick one with [`free_port`]) and waits until it is ready.
+    pub async fn start(kind: ReceiverKind, port: u16) -> Receiver {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let addr = format!("127.0.0.1:{port}");
+        let mut cmd = match kind {
+            ReceiverKind::Prometheus => {
+                let config = dir.path().join("prometheus.yml");
+                std::fs::write(&config, "global: {}\n").unwrap();
+                let mut c = Command::new("prometheus");
+                c.arg(format!("--config.file={}", config.display()))
+                    .arg(format!(
+                        "--storage.tsdb.path={}",
+                        dir.path().join("data").display()
+                    ))
+                    .arg(format!("--web.listen-address={addr}"))
+                    .arg("--web.enable-remote-write-receiver")
+                    .arg("--log.level=warn");
+                c
+            }
+            ReceiverKind::VictoriaMetrics => {
+                let mut c = Command::new("victoria-metrics");
+                c.arg(format!("-httpListenAddr={addr}"))
+                    .arg(format!(
+                        "-storageDataPath={}",
+                        dir.path().join("data").display()
+                    ))
+                    .arg("-loggerLevel=ERROR");
+                c
+            }
+        };
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {kind:?}: {e}"));
+        let r = Receiver {
+            kind,
+            port,
+            child,
+            _dir: dir,
+        };
+        let ready = match kind {
+            ReceiverKind::Prometheus => "/-/ready",
+            ReceiverKind::VictoriaMetrics => "/health",
+        };
+        let url = format!("http://{addr}{ready}");
+        let start = Instant::now();
+        loop {
+            if let Ok(resp) = reqwest::get(&url).await {
+                if resp.status().is_success() {
+                    return r;
+                }
+            }
+            assert!(start.elapsed() < DEADLINE, "{kind:?} did not become ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The URL sitewatch pushes to.
+    pub fn write_url(&self) -> String {
+        format!("http://127.0.0.1:{}/api/v1/write", self.port)
+    }
+
+    /// Every stored sample of the series matching `selector` (a PromQL series selector).
+    pub async fn series(&self, selector: &str) -> Vec<StoredSeries> {
+        let base = format!("http://127.0.0.1:{}", self.port);
+        let client = reqwest::Client::new();
+        match self.kind {
+            ReceiverKind::Prometheus => {
+                let text = client
+                    .get(format!("{base}/api/v1/query"))
+                    .query(&[("query", format!("{selector}[1d]"))])
+                    .send()
+                    .await
+                    .expect("query prometheus")
+                    .text()
+                    .await
+                    .expect("prometheus answer");
+                let body: serde_json::Value = serde_json::from_str(&text).expect("prometheus json");
+                assert_eq!(body["status"], "success", "{body}");
+                body["data"]["result"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|r| StoredSeries {
+                        labels: labels_of(&r["metric"]),
+                        samples: r["values"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|v| {
+                                let ts = v[0].as_f64().unwrap();
+                                let value = v[1].as_str().unwrap().parse().unwrap();
+                                ((ts * 1000.0).round() as i64, value)
+                            })
+                            .collect(),
+                    })
+                    .collect()
+            }
+            ReceiverKind::VictoriaMetrics => {
+                let text = client
+                    .get(format!("{base}/api/v1/export"))
+                    .query(&[("match[]", selector)])
+                    .send()
+                    .await
+                    .expect("export from victoria-metrics")
+                    .text()
+                    .await
+                    .unwrap();
+                text.lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .map(|l| {
+                        let r: serde_json::Value = serde_json::from_str(l).unwrap();
+                        let ts = r["timestamps"].as_array().unwrap();
+                        let vs = r["values"].as_array().unwrap();
+                        StoredSeries {
+                            labels: labels_of(&r["metric"]),
+                            samples: ts
+                                .iter()
+                                .zip(vs)
+                                .map(|(t, v)| (t.as_i64().unwrap(), v.as_f64().unwrap()))
+                                .collect(),
+                        }
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// The labels of each series an instant query returns now (Prometheus only): a series
+    /// whose last sample is a staleness marker is not among them.
+    pub async fn instant(&self, query: &str) -> Vec<BTreeMap<String, String>> {
+        assert_eq!(self.kind, ReceiverKind::Prometheus);
+        let text = reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{}/api/v1/query", self.port))
+            .query(&[("query", query)])
+            .send()
+            .await
+            .expect("query prometheus")
+            .text()
+            .await
+            .expect("prometheus answer");
+        let body: serde_json::Value = serde_json::from_str(&text).expect("prometheus json");
+        assert_eq!(body["status"], "success", "{body}");
+        body["data"]["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| labels_of(&r["metric"]))
+            .collect()
+    }
+
+    /// Queries until `check` returns `Some` (receivers make samples searchable a moment
+    /// after accepting them), or fails the test at the deadline.
+    pub async fn wait_for<T>(
+        &self,
+        selector: &str,
+        check: impl Fn(&[StoredSeries]) -> Option<T>,
+    ) -> T {
+        let start = Instant::now();
+        loop {
+            let found = self.series(selector).await;
+            if let Some(v) = check(&found) {
+                return v;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "timed out waiting on {:?} for {selector}; last answer: {found:#?}",
+                self.kind
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+fn labels_of(metric: &serde_json::Value) -> BTreeMap<String, String> {
+    metric
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+        .collect()
 }
