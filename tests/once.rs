@@ -102,3 +102,29 @@ async fn a_bad_config_exits_78() {
     let (code, _) = once("sites:\n  - id: x\n    url: ftp://nowhere/\n".into(), &[]).await;
     assert_eq!(code, Some(78));
 }
+
+#[tokio::test]
+async fn table_reports_the_push() {
+    let t = target().await;
+    let port = common::refused_port().await;
+    let (code, out) = once(
+        format!(
+            "remote_write:\n  - url: http://127.0.0.1:{port}/api/v1/write\n    name: gone\n\
+             sites:\n  - id: up\n    url: http://{t}/ok\n"
+        ),
+        &["--push.timeout", "200ms"],
+    )
+    .await;
+    assert_eq!(
+        code,
+        Some(1),
+        "every site passed but the push did not land: {out}"
+    );
+    let last = out.lines().last().unwrap();
+    assert!(
+        last.starts_with("remote-write gone: 0 samples sent, 0 failed, ")
+            && last.ends_with(" dropped")
+            && !last.contains(" 0 dropped"),
+        "{out}"
+    );
+}

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::{free_port, loopback, require_tool, Exporter, Receiver, ReceiverKind, StoredSeries};
 use http_body_util::BodyExt;
-use sitewatch::demo::{respond, serve_target};
+use sitewatch::demo::{respond, serve_target, TestCertificate};
 use sitewatch::remote_write::proto::{self, WriteRequest};
 
 /// A target answering 200 on `/ok` and 500 elsewhere.
@@ -269,12 +269,21 @@ struct Seen(Arc<Mutex<Vec<(Instant, http::HeaderMap, WriteRequest)>>>);
 /// A receiver answering each request with the next status of `script` (the last repeats),
 /// with `Retry-After: 1` on 429.
 async fn scripted_receiver(script: Vec<u16>) -> (String, Seen) {
+    scripted_receiver_tls(script, None).await
+}
+
+/// [`scripted_receiver`] over TLS when `tls` is set.
+async fn scripted_receiver_tls(
+    script: Vec<u16>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> (String, Seen) {
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let listener = loopback([127, 0, 0, 1]).await;
     let addr = listener.local_addr().unwrap();
     let seen = Seen::default();
     let log = seen.clone();
     let script = Arc::new(script);
-    tokio::spawn(serve_target(listener, None, move |req| {
+    tokio::spawn(serve_target(listener, tls, move |req| {
         let (log, script) = (log.clone(), script.clone());
         async move {
             let (parts, body) = req.into_parts();
@@ -294,7 +303,7 @@ async fn scripted_receiver(script: Vec<u16>) -> (String, Seen) {
             resp
         }
     }));
-    (format!("http://{addr}/api/v1/write"), seen)
+    (format!("{scheme}://{addr}/api/v1/write"), seen)
 }
 
 fn config_for(url: &str, t: std::net::SocketAddr, extra: &str, interval: &str) -> String {
@@ -353,6 +362,47 @@ async fn receiver_answering_500_is_retried_until_it_accepts() {
     assert_eq!(requests[0].2, requests[2].2);
     assert_eq!(push["sent"], requests[2].2.timeseries.len() as u64);
     assert_eq!(requests[2].1["authorization"], "Bearer s3cret");
+}
+
+#[tokio::test]
+async fn https_receiver_with_its_ca_and_basic_auth() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let cert = TestCertificate::generate(now + 86_400).unwrap();
+    let (url, seen) = scripted_receiver_tls(vec![204], Some(cert.server_config().unwrap())).await;
+    let t = target().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = common::write_file(dir.path(), "ca.pem", &cert.ca_pem);
+    let pw = common::write_file(dir.path(), "pw", "hunter2\n");
+    let auth = format!(
+        "    basic_auth: {{ username: writer, password_file: {} }}\n",
+        pw.display()
+    );
+    // Trusting the receiver's CA: accepted, with the credentials.
+    let trusted = format!("{auth}    tls: {{ ca_file: {} }}\n", ca.display());
+    let (code, report) = once_json(config_for(&url, t, &trusted, "1m"), &[]).await;
+    assert_eq!(code, Some(0), "{report:#}");
+    {
+        let requests = seen.0.lock().unwrap();
+        assert_eq!(requests.len(), 1);
+        // base64("writer:hunter2")
+        assert_eq!(requests[0].1["authorization"], "Basic d3JpdGVyOmh1bnRlcjI=");
+    }
+    // Without it the certificate is refused: nothing is delivered and the exit status says so.
+    let (code, report) = once_json(
+        config_for(&url, t, &auth, "1m"),
+        &["--push.timeout", "500ms"],
+    )
+    .await;
+    assert_eq!(code, Some(1), "{report:#}");
+    assert_eq!(report["remote_write"][0]["sent"], 0);
+    assert_eq!(
+        seen.0.lock().unwrap().len(),
+        1,
+        "no request got through TLS"
+    );
 }
 
 #[tokio::test]
@@ -546,5 +596,41 @@ async fn removed_site_goes_stale_in_prometheus_at_once() {
                 .await
         ),
         ["stays"]
+    );
+}
+
+#[tokio::test]
+async fn sigterm_with_an_unreachable_receiver_exits_within_the_grace_period() {
+    let t = target().await;
+    let port = common::refused_port().await;
+    let mut ex = Exporter::start_with(
+        &format!(
+            "remote_write:\n  - url: http://127.0.0.1:{port}/api/v1/write\n    name: gone\n\
+             sites:\n  - id: up\n    url: http://{t}/ok\n    interval: 200ms\n    timeout: 150ms\n"
+        ),
+        &["--shutdown.grace", "1s"],
+        &[],
+    );
+    ex.wait_for("retries", |s| {
+        s.get(
+            "sitewatch_remote_write_samples_retried_total",
+            &[("destination", "gone")],
+        )
+        .filter(|v| *v > 0.0)
+    })
+    .await;
+    let started = Instant::now();
+    ex.stop_gracefully().await;
+    // The one-second grace, plus slack for a loaded test machine; never the retry loop.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        ex.logs()
+            .contains("still pending at the end of the grace period were dropped"),
+        "{}",
+        ex.logs()
     );
 }
