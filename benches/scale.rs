@@ -1,6 +1,7 @@
 //! Scale and cost, side by side with blackbox_exporter. Run with `bench/run` (or
 //! `cargo bench --bench scale`); knobs are environment variables:
 //!
+//! - `CPU_ROWS=1,3`: only those rows of the CPU table.
 //! - `QUICK=1`: small sizes and short windows, to check the harness itself (~2 min).
 //! - `PARTS=cpu,scale,soak`: which parts to run (default all).
 //! - `SOAK_MINUTES=60`: the hour-long soak (default 2 minutes).
@@ -436,6 +437,10 @@ async fn main() {
         wait_http(&format!("http://{}/metrics", bb.addr)).await;
     }
     let cpu_runs = if run("cpu") { 4 } else { 0 };
+    // CPU_ROWS=2,4: only those rows of the CPU table (1-based), e.g. to profile one of them.
+    let cpu_rows: Option<Vec<usize>> = std::env::var("CPU_ROWS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|r| r.trim().parse().ok()).collect());
     for (tls, saturate, label) in [
         (false, false, "HTTP, 100 probes/s, realistic mix"),
         (false, true, "HTTP, saturation, fast pages"),
@@ -448,6 +453,13 @@ async fn main() {
     ]
     .into_iter()
     .take(cpu_runs)
+    .enumerate()
+    .filter(|(i, _)| {
+        cpu_rows
+            .as_ref()
+            .map_or(true, |rows| rows.contains(&(i + 1)))
+    })
+    .map(|(_, row)| row)
     {
         let sw = sitewatch_cpu(&farm, dir.path(), tls, saturate, &sizes).await;
         let bbc = match &bb {

@@ -6,7 +6,7 @@
 //! scrape cost grow with the number of sites, not with a hash map per metric.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
@@ -669,9 +669,6 @@ pub struct Metrics {
     pub health: Health,
     /// Remote-write counters per destination.
     pub remote_write: Arc<crate::remote_write::StatsTable>,
-    /// Size of the last exposition: the next one is allocated at once instead of grown by
-    /// doubling (at 100,000 sites that is over 200 MiB copied per scrape).
-    last_size: AtomicUsize,
 }
 
 impl Metrics {
@@ -740,22 +737,30 @@ impl Metrics {
             sites,
             health,
             remote_write,
-            last_size: AtomicUsize::new(0),
         }
     }
 
-    /// The whole exposition, in OpenMetrics or Prometheus text format.
-    pub fn encode(&self, openmetrics: bool) -> String {
-        let hint = self.last_size.load(Ordering::Relaxed);
-        let mut out = String::with_capacity(hint + hint / 8 + 4096);
-        let written = if openmetrics {
-            prometheus_client::encoding::text::encode(&mut out, &self.registry)
+    /// Writes the whole exposition, in OpenMetrics or Prometheus text format, to `out`.
+    /// `/metrics` streams it in chunks: at 100,000 sites it is over 200 MiB of text, which
+    /// should not sit in memory whole.
+    pub fn encode_to<W: std::fmt::Write>(
+        &self,
+        out: &mut W,
+        openmetrics: bool,
+    ) -> std::fmt::Result {
+        if openmetrics {
+            prometheus_client::encoding::text::encode(out, &self.registry)
         } else {
-            prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
-        };
+            prometheus_client::encoding::prometheus_text::encode(out, &self.registry)
+        }
+    }
+
+    /// The whole exposition as one string (tests, small registries).
+    pub fn encode(&self, openmetrics: bool) -> String {
+        let mut out = String::new();
         // Writing to a String cannot fail; an error here is a bug in a collector.
-        written.expect("encoding metrics into a String");
-        self.last_size.store(out.len(), Ordering::Relaxed);
+        self.encode_to(&mut out, openmetrics)
+            .expect("encoding metrics into a String");
         out
     }
 }

@@ -20,7 +20,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -33,13 +34,73 @@ use crate::results::{RecordJson, SiteJson};
 use crate::App;
 use std::time::Duration;
 
-type Body = Full<Bytes>;
+type Body = BoxBody<Bytes, Infallible>;
+
+fn full(body: impl Into<Bytes>) -> Body {
+    Full::new(body.into()).boxed()
+}
+
+/// Size of the pieces `/metrics` is sent in.
+const CHUNK: usize = 256 * 1024;
+
+/// A `fmt::Write` that hands full chunks to the response body; a gone client stops encoding.
+struct ChunkWriter {
+    buf: String,
+    tx: tokio::sync::mpsc::Sender<Bytes>,
+}
+
+impl ChunkWriter {
+    fn flush(&mut self) -> std::fmt::Result {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, String::with_capacity(CHUNK + 4096));
+        self.tx
+            .blocking_send(Bytes::from(chunk))
+            .map_err(|_| std::fmt::Error)
+    }
+}
+
+impl std::fmt::Write for ChunkWriter {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.buf.push_str(s);
+        if self.buf.len() >= CHUNK {
+            self.flush()?;
+        }
+        Ok(())
+    }
+}
+
+/// The exposition as a streamed body, encoded on a blocking thread: encoding 100,000 sites
+/// takes a second or more and must not hold up the runtime's workers (probes keep their
+/// schedule during a scrape), and memory holds a few chunks, not the whole text.
+fn metrics_body(app: &Arc<App>, openmetrics: bool) -> Body {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let metrics = app.metrics.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut w = ChunkWriter {
+            buf: String::with_capacity(CHUNK + 4096),
+            tx,
+        };
+        let done = metrics
+            .encode_to(&mut w, openmetrics)
+            .and_then(|()| w.flush());
+        if done.is_err() {
+            debug!("/metrics client went away before the exposition was sent");
+        }
+    });
+    let frames = futures_util::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx)
+            .map(|chunk| chunk.map(|c| Ok::<_, Infallible>(hyper::body::Frame::data(c))))
+    });
+    StreamBody::new(frames).boxed()
+}
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
-        .body(Full::new(body.into()))
+        .body(full(body))
         .expect("static response parts")
 }
 
@@ -57,18 +118,6 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     match (req.method(), req.uri().path()) {
         (&Method::GET | &Method::HEAD, "/metrics") => {
             let open = wants_openmetrics(&req);
-            // Encoding 100,000 sites takes a second or more: on a blocking thread it cannot
-            // hold up the runtime's workers, so probes keep their schedule during a scrape.
-            let metrics = app.metrics.clone();
-            let body = match tokio::task::spawn_blocking(move || metrics.encode(open)).await {
-                Ok(body) => body,
-                Err(e) => {
-                    return text(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        format!("encoding failed: {e}\n"),
-                    )
-                }
-            };
             let ct = if open {
                 crate::metrics::OPENMETRICS_CONTENT_TYPE
             } else {
@@ -76,7 +125,7 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
             };
             Response::builder()
                 .header(header::CONTENT_TYPE, ct)
-                .body(Full::new(Bytes::from(body)))
+                .body(metrics_body(&app, open))
                 .expect("static response parts")
         }
         (&Method::GET | &Method::HEAD, "/-/healthy") => text(StatusCode::OK, "Healthy.\n"),
@@ -112,7 +161,7 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
                 <body><h1>sitewatch</h1><p><a href=\"/metrics\">Metrics</a></p></body></html>\n";
             Response::builder()
                 .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
-                .body(Full::new(Bytes::from_static(html.as_bytes())))
+                .body(full(Bytes::from_static(html.as_bytes())))
                 .expect("static response parts")
         }
         _ => text(StatusCode::NOT_FOUND, "Not found.\n"),
@@ -123,7 +172,7 @@ fn json(status: StatusCode, body: Vec<u8>, content_type: &'static str) -> Respon
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, content_type)
-        .body(Full::new(Bytes::from(body)))
+        .body(full(body))
         .expect("static response parts")
 }
 
@@ -184,7 +233,7 @@ async fn results(app: &App, query: Option<&str>) -> Response<Body> {
         .header("x-sitewatch-instance", page.instance)
         .header("x-sitewatch-first-seq", page.first_seq)
         .header("x-sitewatch-last-seq", page.last_seq)
-        .body(Full::new(Bytes::from(body)))
+        .body(full(body))
         .expect("static response parts")
 }
 
