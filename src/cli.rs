@@ -13,6 +13,8 @@ use crate::{demo, run, shutdown_signal, RunOptions};
 
 /// Exit code for a configuration that does not load (EX_CONFIG).
 const EXIT_CONFIG: u8 = 78;
+/// Bad flags (EX_USAGE).
+const EXIT_USAGE: u8 = 64;
 
 /// sitewatch: a Prometheus-native website availability monitor.
 #[derive(Debug, Parser)]
@@ -65,6 +67,26 @@ pub struct ServeArgs {
     /// Time probes in flight get to finish at shutdown.
     #[arg(long = "shutdown.grace", default_value = "15s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: std::time::Duration,
+    /// This replica's shard, 0-based; when absent and --shard.count is above 1, the ordinal
+    /// at the end of the pod name (POD_NAME, HOSTNAME or the host name, e.g. `sitewatch-3`).
+    #[arg(long = "shard.index", env = "SITEWATCH_SHARD_INDEX")]
+    pub shard_index: Option<u32>,
+    /// How many replicas share the sites (rendezvous hashing on the site key).
+    #[arg(
+        long = "shard.count",
+        env = "SITEWATCH_SHARD_COUNT",
+        default_value_t = 1
+    )]
+    pub shard_count: u32,
+}
+
+/// The name a StatefulSet ordinal is read from: `POD_NAME`, `HOSTNAME`, or the host name.
+fn pod_name() -> String {
+    std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .or_else(|_| std::fs::read_to_string("/proc/sys/kernel/hostname"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// The subcommands.
@@ -130,6 +152,12 @@ pub enum Command {
         /// How often the `sites` table is synchronized.
         #[arg(long = "sites.interval", default_value = "15s", value_parser = humantime::parse_duration)]
         sites_interval: std::time::Duration,
+    },
+    /// Exit 0 if URL answers 2xx within 5 s: the container image's HEALTHCHECK (it has no curl).
+    Healthcheck {
+        /// The URL to check.
+        #[arg(default_value = "http://127.0.0.1:9898/-/healthy")]
+        url: String,
     },
     /// Start built-in targets on 127.0.0.1 and an exporter probing them (no network needed).
     Demo {
@@ -221,6 +249,7 @@ async fn dispatch(command: Command) -> ExitCode {
                 }
             }
         }
+        Command::Healthcheck { url } => healthcheck(&url).await,
         Command::Demo { serve } => {
             let dir = std::env::temp_dir().join(format!("sitewatch-demo-{}", std::process::id()));
             let demo = match demo::start(&dir).await {
@@ -243,6 +272,14 @@ async fn dispatch(command: Command) -> ExitCode {
 }
 
 async fn serve_exporter(config: PathBuf, serve: ServeArgs) -> ExitCode {
+    let shard =
+        match crate::shard::Shard::from_flags(serve.shard_index, serve.shard_count, &pod_name()) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("sitewatch: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        };
     let listener = match bind(&serve.listen_address).await {
         Ok(l) => l,
         Err(e) => {
@@ -255,6 +292,7 @@ async fn serve_exporter(config: PathBuf, serve: ServeArgs) -> ExitCode {
         max_in_flight: serve.max_in_flight,
         shutdown_grace: serve.shutdown_grace,
         results_capacity: serve.results_capacity,
+        shard,
         ..RunOptions::new(config)
     };
     match run(listener, options, shutdown_signal()).await {
@@ -293,6 +331,31 @@ async fn once(
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("cannot write the report: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn healthcheck(url: &str) -> ExitCode {
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .no_proxy()
+        .build();
+    let answer = match client {
+        Ok(c) => c.get(url).send().await,
+        Err(e) => {
+            eprintln!("healthcheck: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match answer {
+        Ok(r) if r.status().is_success() => ExitCode::SUCCESS,
+        Ok(r) => {
+            eprintln!("healthcheck: {url} answered {}", r.status());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("healthcheck: {url}: {e}");
             ExitCode::FAILURE
         }
     }

@@ -8,6 +8,7 @@
 //! - [`metrics`]: per-site series from the last [`probe::ProbeResult`], exporter health, `process_*`.
 //! - [`remote_write`]: pushes each probe's samples to remote-write receivers, queued per destination.
 //! - [`results`]: the recent-results log with sequence numbers, for followers (the keeper).
+//! - [`shard`]: which sites this replica probes (rendezvous hashing of the site key).
 //! - [`server`]: `/metrics`, `/-/healthy`, `/-/ready`, `/-/reload`.
 //! - [`watch`]: reloads when the config file or directory changes (notify, debounced).
 //! - [`keeper`]: `sitewatch keeper`, the SQL mirror of sites and results.
@@ -33,6 +34,7 @@ pub mod resolve;
 pub mod results;
 pub mod scheduler;
 pub mod server;
+pub mod shard;
 pub mod tls;
 pub mod watch;
 
@@ -83,6 +85,8 @@ pub struct RunOptions {
     pub shutdown_grace: Duration,
     /// Probe results kept for `/api/v1/results`.
     pub results_capacity: usize,
+    /// Which sites this replica probes.
+    pub shard: shard::Shard,
 }
 
 impl RunOptions {
@@ -94,6 +98,7 @@ impl RunOptions {
             max_in_flight: scheduler::DEFAULT_MAX_IN_FLIGHT,
             shutdown_grace: Duration::from_secs(15),
             results_capacity: results::DEFAULT_CAPACITY,
+            shard: shard::Shard::ALL,
         }
     }
 }
@@ -121,6 +126,14 @@ struct ReloadState {
 impl App {
     fn new(options: RunOptions) -> Result<Self, RunError> {
         let metrics = Arc::new(Metrics::new(options.location.clone()));
+        metrics
+            .health
+            .shard_index
+            .set(i64::from(options.shard.index()));
+        metrics
+            .health
+            .shard_count
+            .set(i64::from(options.shard.count()));
         let prober = Prober::new(&config::Network::default())?;
         let results = Arc::new(results::ResultLog::new(
             options.results_capacity,
@@ -150,6 +163,11 @@ impl App {
     /// The configuration running now.
     pub fn current(&self) -> Option<Arc<Config>> {
         self.state.lock().expect("reload lock").current.clone()
+    }
+
+    /// Which sites this replica probes.
+    pub fn shard(&self) -> shard::Shard {
+        self.options.shard
     }
 
     /// Whether a configuration has been loaded.
@@ -185,8 +203,13 @@ impl App {
             .map_err(RunError::from)
             .and_then(|c| Ok((Prober::new(&c.network)?, c)));
         Some(match loaded {
-            Ok((prober, config)) => {
+            Ok((prober, mut config)) => {
+                // Sites another shard owns are not probed and export nothing here.
+                let total = config.sites.len();
+                let shard = self.options.shard;
+                config.sites.retain(|s| shard.owns(&s.key()));
                 let n = config.sites.len();
+                self.metrics.health.config_sites.set(total as i64);
                 // `apply` is a diff already: comparing whole configs first would compare every
                 // site twice whenever something changed.
                 self.scheduler.apply(&config, prober);
@@ -194,7 +217,7 @@ impl App {
                 state.current = Some(Arc::new(config));
                 self.metrics.health.reloaded(true);
                 self.ready.store(true, Ordering::Release);
-                info!(config = %path.display(), sites = n, "configuration loaded");
+                info!(config = %path.display(), sites = n, shard = %shard, sites_in_config = total, "configuration loaded");
                 Ok(n)
             }
             Err(e) => {

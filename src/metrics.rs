@@ -577,6 +577,12 @@ pub struct Health {
     pub reload_timestamp: Gauge<f64, AtomicU64>,
     /// `sitewatch_config_reloads_total{result}`.
     pub reloads: Family<ReloadLabels, Counter>,
+    /// `sitewatch_config_sites`: sites in the configuration, every shard's.
+    pub config_sites: Gauge,
+    /// `sitewatch_shard_index`.
+    pub shard_index: Gauge,
+    /// `sitewatch_shards`.
+    pub shard_count: Gauge,
 }
 
 impl Health {
@@ -691,11 +697,35 @@ impl Metrics {
             reload_ok: Gauge::default(),
             reload_timestamp: Gauge::default(),
             reloads: Family::default(),
+            config_sites: Gauge::default(),
+            shard_index: Gauge::default(),
+            shard_count: Gauge::default(),
         };
+        health.shard_count.set(1);
         registry.register(
             "sitewatch_sites",
             "Sites probed by this exporter",
             health.sites.clone(),
+        );
+        registry.register(
+            "sitewatch_config_sites",
+            "Sites in the configuration, those of other shards included",
+            health.config_sites.clone(),
+        );
+        registry.register(
+            "sitewatch_shard_sites",
+            "Sites this shard owns and probes",
+            health.sites.clone(),
+        );
+        registry.register(
+            "sitewatch_shard_index",
+            "This replica's shard index (0-based)",
+            health.shard_index.clone(),
+        );
+        registry.register(
+            "sitewatch_shards",
+            "Replicas the sites are sharded over",
+            health.shard_count.clone(),
         );
         registry.register(
             "sitewatch_probes_in_flight",

@@ -189,8 +189,15 @@ fn sites(app: &App) -> Response<Body> {
         .zip(&last)
         .map(|(s, l)| SiteJson::new(s, l.as_ref()))
         .collect();
-    let body = serde_json::to_vec(&serde_json::json!({ "sites": list }))
-        .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}").into_bytes());
+    // The shard tells a keeper which sites of a shared database are this replica's to mark
+    // removed; another shard's sites are not in this list but not gone either.
+    let shard = app.shard();
+    let doc = serde_json::json!({
+        "shard": { "index": shard.index(), "count": shard.count() },
+        "sites": list,
+    });
+    let body =
+        serde_json::to_vec(&doc).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}").into_bytes());
     json(StatusCode::OK, body, "application/json")
 }
 

@@ -549,3 +549,52 @@ async fn a_slow_database_slows_only_the_keeper() {
     assert!(slow_batches, "the slowdown shows in the batch durations");
     assert_eq!(m.get("sitewatch_keeper_rows_dropped_total", &[]), Some(0.0));
 }
+
+#[tokio::test]
+async fn sharded_keepers_share_one_database_without_marking_each_others_sites_removed() {
+    let Some(db) = postgres("shards").await else {
+        return;
+    };
+    let t = target().await;
+    let site = |i: usize| {
+        format!("  - id: s{i}\n    url: http://{t}/ok\n    interval: 1s\n    timeout: 900ms\n")
+    };
+    let all: String = (0..20).map(site).collect();
+    let shard = |i: &str| {
+        Exporter::start_with(
+            &format!("sites:\n{all}"),
+            &["--shard.count", "2", "--shard.index", i],
+            &[],
+        )
+    };
+    let (ex0, ex1) = (shard("0"), shard("1"));
+    let _k0 = keeper(&format!("http://{}", ex0.addr), &db.url);
+    let _k1 = keeper(&format!("http://{}", ex1.addr), &db.url);
+    wait_query(
+        &db.url,
+        "SELECT CAST(count(*) AS TEXT) FROM sites WHERE removed_at IS NULL",
+        "both shards' sites",
+        |r| one(r) == "20",
+    )
+    .await;
+    // Shard 0 drops one of its sites: its keeper marks that one removed, and none of shard 1's.
+    let gone = (0..20)
+        .find(|i| sitewatch::shard::owner(&format!("s{i}"), 2) == 0)
+        .expect("shard 0 owns a site");
+    let kept: String = (0..20).filter(|i| *i != gone).map(site).collect();
+    std::fs::write(ex0.config_path(), format!("sites:\n{kept}")).unwrap();
+    let removed = wait_query(
+        &db.url,
+        "SELECT site_id FROM sites WHERE removed_at IS NOT NULL ORDER BY site_id",
+        "the dropped site marked removed",
+        |r| !r.is_empty(),
+    )
+    .await;
+    assert_eq!(removed, vec![vec![Some(format!("s{gone}"))]]);
+    let live = query(
+        &db.url,
+        "SELECT CAST(count(*) AS TEXT) FROM sites WHERE removed_at IS NULL",
+    )
+    .await;
+    assert_eq!(one(&live), "19");
+}

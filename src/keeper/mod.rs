@@ -134,6 +134,15 @@ impl From<RecordIn> for Row {
 #[derive(Deserialize)]
 struct SitesIn {
     sites: Vec<SiteIn>,
+    /// Absent from exporters older than sharding: one shard.
+    #[serde(default)]
+    shard: Option<ShardIn>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+struct ShardIn {
+    index: u32,
+    count: u32,
 }
 
 #[derive(Deserialize)]
@@ -519,6 +528,10 @@ async fn sync_sites(
         .await;
         match fetched.map(|b| serde_json::from_slice::<SitesIn>(&b)) {
             Ok(Ok(list)) => {
+                let shard = list
+                    .shard
+                    .and_then(|s| crate::shard::Shard::new(s.index, s.count).ok())
+                    .unwrap_or_default();
                 let rows: Vec<SiteRow> = list
                     .sites
                     .into_iter()
@@ -533,7 +546,7 @@ async fn sync_sites(
                 // Unchanged lists are written again only now and then, to move last_seen.
                 let stale = synced_at.elapsed() > Duration::from_secs(600);
                 if last.as_ref() != Some(&rows) || stale {
-                    match store.sync_sites(&rows).await {
+                    match store.sync_sites(&rows, shard).await {
                         Ok(()) => {
                             last = Some(rows);
                             synced_at = Instant::now();

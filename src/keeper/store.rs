@@ -265,8 +265,14 @@ impl Store {
     }
 
     /// Makes `sites` match the exporter's current list: upserts every site, and marks sites
-    /// that are gone with `removed_at` (their rows stay).
-    pub async fn sync_sites(&self, sites: &[SiteRow]) -> Result<(), StoreError> {
+    /// that are gone with `removed_at` (their rows stay). With several shards writing to one
+    /// database, only sites this `shard` owns can be gone from its list: other shards' sites
+    /// are never in it.
+    pub async fn sync_sites(
+        &self,
+        sites: &[SiteRow],
+        shard: crate::shard::Shard,
+    ) -> Result<(), StoreError> {
         let t = now();
         let (ts, upsert) = match self {
             Store::Postgres(_) => ("to_timestamp($6)", "ON CONFLICT (tenant, site_id) DO UPDATE SET url = EXCLUDED.url, regex = EXCLUDED.regex, labels = EXCLUDED.labels, last_seen = EXCLUDED.last_seen, removed_at = NULL"),
@@ -280,9 +286,15 @@ impl Store {
         let insert = format!(
             "INSERT INTO sites (tenant, site_id, url, regex, labels, first_seen, last_seen) VALUES ($1, $2, $3, $4, {labels_cast}, {ts}, {ts}) {upsert}"
         );
-        let mark = match self {
-            Store::Postgres(_) => "UPDATE sites SET removed_at = to_timestamp($1) WHERE removed_at IS NULL AND last_seen < to_timestamp($1)",
-            Store::Sqlite(_) => "UPDATE sites SET removed_at = $1 WHERE removed_at IS NULL AND last_seen < $1",
+        let (candidates, mark) = match self {
+            Store::Postgres(_) => (
+                "SELECT tenant, site_id FROM sites WHERE removed_at IS NULL AND last_seen < to_timestamp($1)",
+                "UPDATE sites SET removed_at = to_timestamp($1) WHERE tenant = $2 AND site_id = $3",
+            ),
+            Store::Sqlite(_) => (
+                "SELECT tenant, site_id FROM sites WHERE removed_at IS NULL AND last_seen < $1",
+                "UPDATE sites SET removed_at = $1 WHERE tenant = $2 AND site_id = $3",
+            ),
         };
         macro_rules! sync {
             ($pool:expr) => {{
@@ -298,7 +310,26 @@ impl Store {
                         .execute(&mut *tx)
                         .await?;
                 }
-                sqlx::query(mark).bind(t).execute(&mut *tx).await?;
+                let gone: Vec<(String, String)> = sqlx::query_as(candidates)
+                    .bind(t)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                for (tenant, site) in gone {
+                    let key = if tenant.is_empty() {
+                        site.clone()
+                    } else {
+                        format!("{tenant}/{site}")
+                    };
+                    if !shard.owns(&key) {
+                        continue;
+                    }
+                    sqlx::query(mark)
+                        .bind(t)
+                        .bind(&tenant)
+                        .bind(&site)
+                        .execute(&mut *tx)
+                        .await?;
+                }
                 tx.commit().await?;
             }};
         }
