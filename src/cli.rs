@@ -67,6 +67,16 @@ pub struct ServeArgs {
     /// Time probes in flight get to finish at shutdown.
     #[arg(long = "shutdown.grace", default_value = "15s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: std::time::Duration,
+    /// Deny what a site list written by someone else must never reach, whatever the config
+    /// says: this host (loopback), link-local addresses and the cloud metadata endpoints
+    /// (README, "Multi-tenant use").
+    #[arg(long = "network.multi-tenant", env = "SITEWATCH_MULTI_TENANT")]
+    pub multi_tenant: bool,
+    /// Allow `POST /-/reload` (as Prometheus' flag of the same name). Off by default: anyone
+    /// who can reach the port could otherwise make the exporter reread its files. SIGHUP and
+    /// file changes reload either way.
+    #[arg(long = "web.enable-lifecycle", env = "SITEWATCH_ENABLE_LIFECYCLE")]
+    pub enable_lifecycle: bool,
     /// This replica's shard, 0-based; when absent and --shard.count is above 1, the ordinal
     /// at the end of the pod name (POD_NAME, HOSTNAME or the host name, e.g. `sitewatch-3`).
     #[arg(long = "shard.index", env = "SITEWATCH_SHARD_INDEX")]
@@ -293,6 +303,8 @@ async fn serve_exporter(config: PathBuf, serve: ServeArgs) -> ExitCode {
         shutdown_grace: serve.shutdown_grace,
         results_capacity: serve.results_capacity,
         shard,
+        enable_lifecycle: serve.enable_lifecycle,
+        multi_tenant: serve.multi_tenant,
         ..RunOptions::new(config)
     };
     match run(listener, options, shutdown_signal()).await {

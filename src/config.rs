@@ -25,6 +25,9 @@ const RESERVED_LABELS: &[&str] = &[
     "site", "url", "tenant", "location", "phase", "result", "le", "job", "instance",
 ];
 
+/// Most memory one compiled `regex`/`regex_absent` may take.
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
 /// Default number of redirects followed before a probe fails.
 const DEFAULT_MAX_REDIRECTS: u32 = 10;
 
@@ -163,6 +166,9 @@ pub struct Network {
     pub ip_version: IpVersion,
     /// Name resolution.
     pub resolver: ResolverSetting,
+    /// Deny [`crate::resolve::MULTI_TENANT_DENY`] too (`--network.multi-tenant`: set by the
+    /// operator's flag, never by a config file, which a tenant may have written).
+    pub multi_tenant: bool,
 }
 
 /// A remote-write destination: where probe samples are pushed, and how.
@@ -783,6 +789,7 @@ impl Ctx<'_> {
             allow,
             ip_version: raw.ip_version,
             resolver,
+            multi_tenant: false,
         }
     }
 
@@ -1179,11 +1186,19 @@ impl Ctx<'_> {
             }
         };
         let compile = |ctx: &mut Self, field: &str, src: Option<String>| {
-            src.and_then(|s| match regex::bytes::Regex::new(&s) {
-                Ok(r) => Some(Pattern(r)),
-                Err(e) => {
-                    err(ctx, field, format!("invalid regex: {e}"));
-                    None
+            // The regex crate matches in linear time; the size limits bound what one site's
+            // pattern may cost in memory (a "regex bomb" such as `(a{1000}){1000}` is refused).
+            src.and_then(|s| {
+                match regex::bytes::RegexBuilder::new(&s)
+                    .size_limit(REGEX_SIZE_LIMIT)
+                    .dfa_size_limit(REGEX_SIZE_LIMIT)
+                    .build()
+                {
+                    Ok(r) => Some(Pattern(r)),
+                    Err(e) => {
+                        err(ctx, field, format!("invalid regex: {e}"));
+                        None
+                    }
                 }
             })
         };
@@ -1478,13 +1493,38 @@ fn parse_headers(src: &BTreeMap<String, String>) -> Result<HeaderMap, String> {
     Ok(map)
 }
 
+/// A URL as error messages may show it: a password written into it is replaced by `***`.
+fn redacted(s: &str) -> String {
+    let s = s.trim();
+    let Some(scheme_end) = s.find("://").map(|i| i + 3) else {
+        return s.to_string();
+    };
+    let authority_end = s[scheme_end..]
+        .find(['/', '?', '#'])
+        .map_or(s.len(), |i| scheme_end + i);
+    match s[scheme_end..authority_end].rfind('@') {
+        Some(at) => {
+            let userinfo = &s[scheme_end..scheme_end + at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            let shown = if userinfo.contains(':') {
+                format!("{user}:***")
+            } else {
+                "***".to_string()
+            };
+            format!("{}{shown}{}", &s[..scheme_end], &s[scheme_end + at..])
+        }
+        None => s.to_string(),
+    }
+}
+
 fn parse_http_url(s: &str) -> Result<Url, String> {
-    let url = Url::parse(s.trim()).map_err(|e| format!("invalid URL {s:?}: {e}"))?;
+    let shown = redacted(s);
+    let url = Url::parse(s.trim()).map_err(|e| format!("invalid URL {shown:?}: {e}"))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!("URL {s:?} must use http or https"));
+        return Err(format!("URL {shown:?} must use http or https"));
     }
     if url.host().is_none() {
-        return Err(format!("URL {s:?} has no host"));
+        return Err(format!("URL {shown:?} has no host"));
     }
     Ok(url)
 }
@@ -1495,7 +1535,8 @@ fn parse_proxy_url(s: &str) -> Result<Url, String> {
     let url = parse_http_url(s)?;
     if url.scheme() != "http" {
         return Err(format!(
-            "proxy {s:?} must be an http:// URL (TLS to the proxy is not supported)"
+            "proxy {:?} must be an http:// URL (TLS to the proxy is not supported)",
+            redacted(s)
         ));
     }
     if !url.username().is_empty() || url.password().is_some() {

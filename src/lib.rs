@@ -87,6 +87,10 @@ pub struct RunOptions {
     pub results_capacity: usize,
     /// Which sites this replica probes.
     pub shard: shard::Shard,
+    /// Whether `POST /-/reload` is served.
+    pub enable_lifecycle: bool,
+    /// Deny [`resolve::MULTI_TENANT_DENY`] whatever the config says.
+    pub multi_tenant: bool,
 }
 
 impl RunOptions {
@@ -99,6 +103,8 @@ impl RunOptions {
             shutdown_grace: Duration::from_secs(15),
             results_capacity: results::DEFAULT_CAPACITY,
             shard: shard::Shard::ALL,
+            enable_lifecycle: false,
+            multi_tenant: false,
         }
     }
 }
@@ -165,6 +171,11 @@ impl App {
         self.state.lock().expect("reload lock").current.clone()
     }
 
+    /// Whether `POST /-/reload` is served.
+    pub fn lifecycle_enabled(&self) -> bool {
+        self.options.enable_lifecycle
+    }
+
     /// Which sites this replica probes.
     pub fn shard(&self) -> shard::Shard {
         self.options.shard
@@ -201,6 +212,10 @@ impl App {
         let loaded = sources
             .and_then(|s| config::parse_sources(&s, &SystemSecrets).map_err(LoadError::Invalid))
             .map_err(RunError::from)
+            .map(|mut c| {
+                c.network.multi_tenant = self.options.multi_tenant;
+                c
+            })
             .and_then(|c| Ok((Prober::new(&c.network)?, c)));
         Some(match loaded {
             Ok((prober, mut config)) => {

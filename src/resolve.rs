@@ -138,14 +138,39 @@ impl Resolver {
 pub struct Policy {
     deny: Vec<IpNet>,
     allow: Vec<IpNet>,
+    builtin: Vec<IpNet>,
 }
+
+/// What `--network.multi-tenant` denies on top of `network.deny`: addresses a site list written
+/// by someone else must never reach. Private ranges are not in it: some intranets use them,
+/// or public ranges, for the very sites they monitor; `network.deny`/`allow` decide those.
+pub const MULTI_TENANT_DENY: &[&str] = &[
+    "127.0.0.0/8",        // this host (the exporter's own endpoints, sidecars)
+    "::1/128",            // this host, IPv6
+    "0.0.0.0/8",          // "this network": 0.0.0.0 reaches this host on Linux
+    "::/128",             // the unspecified IPv6 address
+    "169.254.0.0/16",     // link-local: AWS, GCP, Azure and OpenStack metadata at 169.254.169.254
+    "fe80::/10",          // link-local, IPv6
+    "fd00:ec2::254/128",  // AWS instance metadata over IPv6
+    "100.100.100.200/32", // Alibaba Cloud metadata
+    "168.63.129.16/32",   // Azure wire server
+];
 
 impl Policy {
     /// The policy of a `network` section.
     pub fn new(network: &Network) -> Self {
+        let builtin = if network.multi_tenant {
+            MULTI_TENANT_DENY
+                .iter()
+                .map(|n| n.parse().expect("valid built-in CIDR"))
+                .collect()
+        } else {
+            Vec::new()
+        };
         Self {
             deny: network.deny.clone(),
             allow: network.allow.clone(),
+            builtin,
         }
     }
 
@@ -159,6 +184,11 @@ impl Policy {
         if let Some(net) = self.deny.iter().find(|n| n.contains(&ip)) {
             return Err(format!("address {ip} is denied by network.deny {net}"));
         }
+        if let Some(net) = self.builtin.iter().find(|n| n.contains(&ip)) {
+            return Err(format!(
+                "address {ip} is denied by --network.multi-tenant ({net})"
+            ));
+        }
         if !self.allow.is_empty() && !self.allow.iter().any(|n| n.contains(&ip)) {
             return Err(format!("address {ip} is not in network.allow"));
         }
@@ -169,6 +199,42 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn multi_tenant_denies_the_host_and_metadata_but_not_private_ranges() {
+        let on = Policy::new(&Network {
+            multi_tenant: true,
+            ..Network::default()
+        });
+        let off = Policy::new(&Network::default());
+        for denied in [
+            "127.0.0.1",
+            "127.1.2.3",
+            "::1",
+            "::ffff:127.0.0.1",
+            "0.0.0.0",
+            "169.254.169.254",
+            "fd00:ec2::254",
+            "fe80::1",
+            "100.100.100.200",
+            "168.63.129.16",
+        ] {
+            let ip: IpAddr = denied.parse().unwrap();
+            let e = on.check(ip).unwrap_err();
+            assert!(e.contains("--network.multi-tenant"), "{denied}: {e}");
+            assert!(off.check(ip).is_ok(), "{denied} without the switch");
+        }
+        for allowed in [
+            "10.1.2.3",
+            "192.168.1.1",
+            "172.16.0.1",
+            "11.0.0.1",
+            "8.8.8.8",
+            "fd12::1",
+        ] {
+            assert!(on.check(allowed.parse().unwrap()).is_ok(), "{allowed}");
+        }
+    }
 
     #[test]
     fn deny_wins_and_allow_restricts() {

@@ -5,7 +5,7 @@
 //! | `/metrics` | GET | every metric; OpenMetrics when the `Accept` header asks for it, Prometheus text otherwise |
 //! | `/-/healthy` | GET | 200 while the process serves |
 //! | `/-/ready` | GET | 200 once the first configuration is loaded, 503 before |
-//! | `/-/reload` | POST | reloads the configuration; 200, or 500 with the errors (the old config keeps running) |
+//! | `/-/reload` | POST | with `--web.enable-lifecycle`: reloads the configuration; 200, or 500 with the errors (the old config keeps running); 403 without the flag |
 //! | `/api/v1/sites` | GET | JSON: every site, its configuration without secrets, its last result |
 //! | `/api/v1/results?after=SEQ&limit=N&wait=10s` | GET | NDJSON: probe results after SEQ, oldest first; waits up to `wait` for one when there is none yet |
 //! | `/` | GET | a pointer to the endpoints |
@@ -139,6 +139,10 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
                 )
             }
         }
+        (&Method::POST | &Method::PUT, "/-/reload") if !app.lifecycle_enabled() => text(
+            StatusCode::FORBIDDEN,
+            "Lifecycle API is not enabled: start with --web.enable-lifecycle. SIGHUP and changes to the config files reload anyway.\n",
+        ),
         (&Method::POST | &Method::PUT, "/-/reload") => {
             let app2 = app.clone();
             match tokio::task::spawn_blocking(move || app2.reload()).await {

@@ -165,12 +165,20 @@ async fn health_and_readiness_endpoints() {
     assert_eq!(r.status(), 404);
     let r = reqwest::get(ex.url("/-/reload")).await.unwrap();
     assert_eq!(r.status(), 405);
+    // Without --web.enable-lifecycle nobody who reaches the port can trigger a reload.
+    let r = reqwest::Client::new()
+        .post(ex.url("/-/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.unwrap().contains("--web.enable-lifecycle"));
 }
 
 #[tokio::test]
 async fn a_bad_reload_keeps_the_running_config_and_a_good_one_applies() {
     let t = healthy_target().await;
-    let ex = Exporter::start(&two_sites(t));
+    let ex = Exporter::start_with(&two_sites(t), &["--web.enable-lifecycle"], &[]);
     ex.probed_all(&["up", "down"]).await;
     let client = reqwest::Client::new();
 

@@ -400,6 +400,85 @@ async fn denied_addresses_open_no_socket() {
 }
 
 #[tokio::test]
+async fn multi_tenant_switch_denies_this_host_whatever_the_config_says() {
+    // A site list may name the exporter's own host; with --network.multi-tenant it is denied
+    // even though the config's own network section allows it, and no connection is made.
+    let listener = loopback([127, 0, 0, 1]).await;
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while listener.accept().await.is_ok() {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let ex = Exporter::start_with(
+        &format!(
+            "defaults: {{ interval: 1s, timeout: 800ms }}\n\
+             network:\n  allow: [127.0.0.0/8]\n\
+             sites:\n\
+             \x20 - id: self\n    url: http://{addr}/\n"
+        ),
+        &["--network.multi-tenant"],
+        &[],
+    );
+    ex.wait_for("two denied probes", |s| {
+        (s.probes("self", "denied") >= 2.0).then_some(())
+    })
+    .await;
+    assert_eq!(accepted.load(Ordering::SeqCst), 0);
+    let sites = reqwest::get(ex.url("/api/v1/sites"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        sites.contains("is denied by --network.multi-tenant (127.0.0.0/8)"),
+        "{sites}"
+    );
+}
+
+#[tokio::test]
+async fn a_target_trickling_its_body_cannot_hold_a_probe_past_its_timeout() {
+    // Headers at once, then one byte of a promised megabyte every 50 ms, for ever.
+    let listener = loopback([127, 0, 0, 1]).await;
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let mut buf = [0u8; 1024];
+                let _ = tokio::io::AsyncReadExt::read(&mut sock, &mut buf).await;
+                let head = b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n";
+                if sock.write_all(head).await.is_err() {
+                    return;
+                }
+                loop {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    if sock.write_all(b"x").await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let ex = Exporter::start(&config(&format!(
+        "  - id: trickle\n    url: http://{addr}/\n    interval: 1s\n    timeout: 500ms\n"
+    )));
+    let s = ex
+        .wait_for("a probe of the trickling target", |s| {
+            (s.probes("trickle", "timeout") >= 1.0).then(|| s.clone())
+        })
+        .await;
+    let took = s.site("trickle", "probe_duration_seconds").unwrap();
+    // Ended by the timeout, not by the body: a little over 500 ms, far below the 50 s the
+    // whole body would take.
+    assert!((0.5..5.0).contains(&took), "probe took {took} s");
+    assert_eq!(s.site("trickle", "probe_success"), Some(0.0));
+}
+
+#[tokio::test]
 async fn method_headers_and_user_agent_are_sent() {
     let t = start_target().await;
     let ex = Exporter::start(&config(&format!(

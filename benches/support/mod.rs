@@ -73,7 +73,12 @@ pub fn start_sitewatch(config: &Path, cpu: &str) -> Proc {
             "--log.level",
             "warn,sitewatch=info",
         ])
-        .args(["--probes.max-in-flight", "4096", "--config"])
+        .args([
+            "--web.enable-lifecycle",
+            "--probes.max-in-flight",
+            "4096",
+            "--config",
+        ])
         .arg(config);
     spawn_announcing(&mut cmd)
 }

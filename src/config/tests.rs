@@ -1302,3 +1302,45 @@ fn remote_write_unknown_field_is_an_error() {
     assert!(e.message.contains("max_shards"), "{e:#?}");
     assert_eq!(e.line, Some(3), "{e:#?}");
 }
+
+#[test]
+fn passwords_in_urls_never_reach_error_messages() {
+    assert_eq!(
+        redacted("https://u:pw@h.example/x"),
+        "https://u:***@h.example/x"
+    );
+    assert_eq!(redacted("https://tok@h.example"), "https://***@h.example");
+    assert_eq!(redacted("https://h.example/a@b"), "https://h.example/a@b");
+    assert_eq!(redacted("not a url"), "not a url");
+    let errors = errors(&yaml(&[
+        "sites:",
+        "  - id: a",
+        "    url: ftp://user:S3CRET-1@h.example/",
+        "  - id: b",
+        "    url: http://user:S3CRET-2@h.example/",
+        "  - id: c",
+        "    url: http://h.example/",
+        "    proxy: https://user:S3CRET-3@proxy.example:3128",
+        "remote_write:",
+        "  - url: http://user:S3CRET-4@rw.example/api/v1/write",
+        "  - url: 'http://user:S3CRET-5@[bad'",
+    ]));
+    assert!(errors.len() >= 5, "{errors:#?}");
+    for e in &errors {
+        assert!(!e.to_string().contains("S3CRET"), "{e}");
+    }
+}
+
+#[test]
+fn a_regex_bomb_is_refused_with_the_site_and_field() {
+    let e = one_error(&site_with("regex: '(a{1000}){1000}'"));
+    check(
+        &e,
+        Some(4),
+        Some("web"),
+        Some("regex"),
+        "exceeds size limit",
+    );
+    // An ordinary pattern compiles.
+    parse(&site_with("regex: '(?i)add to cart|checkout'")).unwrap();
+}
