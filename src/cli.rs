@@ -67,6 +67,10 @@ pub struct ServeArgs {
     /// Time probes in flight get to finish at shutdown.
     #[arg(long = "shutdown.grace", default_value = "15s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: std::time::Duration,
+    /// TLS and basic auth for the endpoints, in the Prometheus exporter-toolkit format
+    /// (`tls_server_config`, `basic_auth_users` with bcrypt hashes).
+    #[arg(long = "web.config.file", env = "SITEWATCH_WEB_CONFIG_FILE")]
+    pub web_config_file: Option<PathBuf>,
     /// Deny what a site list written by someone else must never reach, whatever the config
     /// says: this host (loopback), link-local addresses and the cloud metadata endpoints
     /// (README, "Multi-tenant use").
@@ -290,6 +294,16 @@ async fn serve_exporter(config: PathBuf, serve: ServeArgs) -> ExitCode {
                 return ExitCode::from(EXIT_USAGE);
             }
         };
+    let web = match &serve.web_config_file {
+        Some(path) => match crate::webconfig::WebConfig::load(path) {
+            Ok(w) => Some(std::sync::Arc::new(w)),
+            Err(e) => {
+                eprintln!("sitewatch: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+        None => None,
+    };
     let listener = match bind(&serve.listen_address).await {
         Ok(l) => l,
         Err(e) => {
@@ -305,6 +319,7 @@ async fn serve_exporter(config: PathBuf, serve: ServeArgs) -> ExitCode {
         shard,
         enable_lifecycle: serve.enable_lifecycle,
         multi_tenant: serve.multi_tenant,
+        web,
         ..RunOptions::new(config)
     };
     match run(listener, options, shutdown_signal()).await {

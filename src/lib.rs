@@ -10,6 +10,7 @@
 //! - [`results`]: the recent-results log with sequence numbers, for followers (the keeper).
 //! - [`shard`]: which sites this replica probes (rendezvous hashing of the site key).
 //! - [`server`]: `/metrics`, `/-/healthy`, `/-/ready`, `/-/reload`.
+//! - [`webconfig`]: `--web.config.file`, TLS and basic auth for the endpoints (exporter-toolkit format).
 //! - [`watch`]: reloads when the config file or directory changes (notify, debounced).
 //! - [`keeper`]: `sitewatch keeper`, the SQL mirror of sites and results.
 //! - [`once`]: `sitewatch once`, every site probed once with a report and an exit status.
@@ -37,6 +38,7 @@ pub mod server;
 pub mod shard;
 pub mod tls;
 pub mod watch;
+pub mod webconfig;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -91,6 +93,8 @@ pub struct RunOptions {
     pub enable_lifecycle: bool,
     /// Deny [`resolve::MULTI_TENANT_DENY`] whatever the config says.
     pub multi_tenant: bool,
+    /// TLS and basic auth for the endpoints.
+    pub web: Option<Arc<webconfig::WebConfig>>,
 }
 
 impl RunOptions {
@@ -105,6 +109,7 @@ impl RunOptions {
             shard: shard::Shard::ALL,
             enable_lifecycle: false,
             multi_tenant: false,
+            web: None,
         }
     }
 }
@@ -169,6 +174,11 @@ impl App {
     /// The configuration running now.
     pub fn current(&self) -> Option<Arc<Config>> {
         self.state.lock().expect("reload lock").current.clone()
+    }
+
+    /// TLS and basic auth for the endpoints, if configured.
+    pub fn web(&self) -> Option<&Arc<webconfig::WebConfig>> {
+        self.options.web.as_ref()
     }
 
     /// Whether `POST /-/reload` is served.

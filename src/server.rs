@@ -115,6 +115,22 @@ fn wants_openmetrics(req: &Request<Incoming>) -> bool {
 }
 
 async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    if let Some(web) = app.web() {
+        let auth = req.headers().get(header::AUTHORIZATION).cloned();
+        let web = web.clone();
+        // bcrypt takes tens of milliseconds by design: not on a runtime worker.
+        let access = tokio::task::spawn_blocking(move || web.check(auth.as_ref()))
+            .await
+            .unwrap_or(crate::webconfig::Access::Denied);
+        if access == crate::webconfig::Access::Denied {
+            return Response::builder()
+                .status(StatusCode::UNAUTHORIZED)
+                .header(header::WWW_AUTHENTICATE, "Basic realm=\"sitewatch\"")
+                .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+                .body(full("Unauthorized.\n"))
+                .expect("static response parts");
+        }
+    }
     match (req.method(), req.uri().path()) {
         (&Method::GET | &Method::HEAD, "/metrics") => {
             let open = wants_openmetrics(&req);
@@ -266,11 +282,39 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
                 }
             },
         };
+        let tls = app.web().and_then(|w| w.tls.clone());
         let app = app.clone();
         let service = service_fn(move |req| {
             let app = app.clone();
             async move { Ok::<_, Infallible>(route(app, req).await) }
         });
+        if let Some(acceptor) = tls {
+            let watcher = graceful.watcher();
+            let builder = builder.clone();
+            tokio::spawn(async move {
+                let tls =
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
+                            debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                let conn = builder
+                    .serve_connection(TokioIo::new(tls), service)
+                    .into_owned();
+                if let Err(e) = watcher.watch(conn).await {
+                    debug!(%peer, error = %e, "connection ended with an error");
+                }
+            });
+            continue;
+        }
         let conn = builder
             .serve_connection(TokioIo::new(stream), service)
             .into_owned();

@@ -1,0 +1,184 @@
+//! `--web.config.file`: the endpoints behind TLS and basic auth, scraped by a real Prometheus
+//! with the matching `tls_config` and `basic_auth` (and refused with the wrong password).
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use common::{free_port, require_tool, Exporter, DEADLINE};
+use sitewatch::demo::TestCertificate;
+
+fn pem(label: &str, der: &[u8]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        lines.join("\n")
+    )
+}
+
+#[tokio::test]
+async fn endpoints_need_tls_and_the_right_password() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let cert = TestCertificate::generate(now + 86_400).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    common::write_file(dir.path(), "server.crt", &pem("CERTIFICATE", &cert.leaf));
+    common::write_file(
+        dir.path(),
+        "server.key",
+        &pem("PRIVATE KEY", cert.key.secret_pkcs8_der()),
+    );
+    let ca = common::write_file(dir.path(), "ca.crt", &cert.ca_pem);
+    let hash = bcrypt::hash("scrape-pw", 4).unwrap();
+    // Relative paths: next to the web config file.
+    let web = common::write_file(
+        dir.path(),
+        "web.yml",
+        &format!(
+            "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\nbasic_auth_users:\n  prometheus: '{hash}'\n"
+        ),
+    );
+    let ex = Exporter::start_with(
+        "sites: []\n",
+        &["--web.config.file", web.to_str().unwrap()],
+        &[],
+    );
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert.ca_pem.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let url = format!("https://localhost:{}/metrics", ex.addr.port());
+    let r = client.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Basic realm=\"sitewatch\"");
+    let r = client
+        .get(&url)
+        .basic_auth("prometheus", Some("wrong"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = client
+        .get(&url)
+        .basic_auth("prometheus", Some("scrape-pw"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("sitewatch_build_info"));
+    // Plain HTTP gets no answer.
+    assert!(reqwest::get(format!("http://{}/metrics", ex.addr))
+        .await
+        .is_err());
+
+    if !require_tool("prometheus") {
+        return;
+    }
+    let prom_dir = tempfile::tempdir().unwrap();
+    let job = |name: &str, password: &str| {
+        format!(
+            "  - job_name: {name}\n    scheme: https\n    tls_config: {{ ca_file: {ca}, server_name: localhost }}\n    basic_auth: {{ username: prometheus, password: {password} }}\n    static_configs: [{{ targets: ['127.0.0.1:{port}'] }}]\n",
+            ca = ca.display(),
+            port = ex.addr.port()
+        )
+    };
+    let config = common::write_file(
+        prom_dir.path(),
+        "prometheus.yml",
+        &format!(
+            "global: {{ scrape_interval: 1s }}\nscrape_configs:\n{}{}",
+            job("right", "scrape-pw"),
+            job("wrong", "nope")
+        ),
+    );
+    let port = free_port();
+    let mut prom = Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            prom_dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let up = loop {
+        let answer = reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{port}/api/v1/query"))
+            .query(&[("query", "up")])
+            .send()
+            .await;
+        if let Ok(r) = answer {
+            let body: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+            let up: Vec<(String, String)> = body["data"]["result"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|s| {
+                            (
+                                s["metric"]["job"].as_str().unwrap().to_string(),
+                                s["value"][1].as_str().unwrap().to_string(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            if up.len() == 2 {
+                break up;
+            }
+        }
+        assert!(start.elapsed() < DEADLINE, "Prometheus never scraped");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let _ = prom.kill();
+    let _ = prom.wait();
+    let mut up = up;
+    up.sort();
+    assert_eq!(
+        up,
+        [
+            ("right".to_string(), "1".to_string()),
+            ("wrong".to_string(), "0".to_string())
+        ]
+    );
+}
+
+#[test]
+fn a_bad_web_config_stops_the_start_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let web = common::write_file(
+        dir.path(),
+        "web.yml",
+        "basic_auth_users:\n  prometheus: plaintext\n",
+    );
+    let config = common::write_file(dir.path(), "sites.yaml", "sites: []\n");
+    let out = Command::new(env!("CARGO_BIN_EXE_sitewatch"))
+        .args([
+            "run",
+            "--web.listen-address",
+            "127.0.0.1:0",
+            "--web.config.file",
+        ])
+        .arg(&web)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("web.yml") && err.contains("basic_auth_users.prometheus"),
+        "{err}"
+    );
+}
