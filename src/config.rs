@@ -595,9 +595,78 @@ pub fn parse_sources(
     }
 }
 
+/// Largest config file read: 100,000 sites take about 5 MiB.
+pub const MAX_FILE_BYTES: usize = 64 << 20;
+
+/// Deepest nesting of flow collections (`[`, `{`) accepted. The YAML parser refuses more than
+/// 128 levels anyway, but only after scanning the whole unclosed run, which takes time
+/// quadratic in its length (200 KiB of `{a: ` took 8 s): checking first makes such a file a
+/// fast error. A block scalar holding more unbalanced brackets than this is refused too.
+const MAX_FLOW_DEPTH: usize = 100;
+
+/// The line where flow collections nest deeper than [`MAX_FLOW_DEPTH`], ignoring quoted
+/// strings and comments.
+fn flow_too_deep(text: &str) -> Option<usize> {
+    let (mut depth, mut line) = (0usize, 1usize);
+    let (mut single, mut double, mut comment, mut escaped) = (false, false, false, false);
+    let mut prev = '\n';
+    for c in text.chars() {
+        if c == '\n' {
+            line += 1;
+            comment = false;
+            // Plain YAML quotes do not span lines in configs; a stray one must not hide the rest.
+            single = false;
+            double = false;
+        } else if comment {
+        } else if double {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                double = false;
+            }
+        } else if single {
+            if c == '\'' {
+                single = false;
+            }
+        } else {
+            match c {
+                '#' if prev.is_whitespace() => comment = true,
+                '"' => double = true,
+                '\'' => single = true,
+                '[' | '{' => {
+                    depth += 1;
+                    if depth > MAX_FLOW_DEPTH {
+                        return Some(line);
+                    }
+                }
+                ']' | '}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        prev = c;
+    }
+    None
+}
+
 fn parse_file(text: &str) -> Result<RawFile, (Option<usize>, Option<String>, String)> {
     if text.trim().is_empty() {
         return Ok(RawFile::default());
+    }
+    if text.len() > MAX_FILE_BYTES {
+        return Err((
+            None,
+            None,
+            format!("file is larger than {} MiB", MAX_FILE_BYTES >> 20),
+        ));
+    }
+    if let Some(line) = flow_too_deep(text) {
+        return Err((
+            Some(line),
+            None,
+            format!("[ and {{ nest deeper than {MAX_FLOW_DEPTH} levels"),
+        ));
     }
     let value: Value = serde_norway::from_str(text)
         .map_err(|e| (e.location().map(|l| l.line()), None, e.to_string()))?;

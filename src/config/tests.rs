@@ -1344,3 +1344,24 @@ fn a_regex_bomb_is_refused_with_the_site_and_field() {
     // An ordinary pattern compiles.
     parse(&site_with("regex: '(?i)add to cart|checkout'")).unwrap();
 }
+
+#[test]
+fn deep_flow_nesting_is_a_fast_error_with_its_line() {
+    let text = format!("sites: []\nx: {}\n", "{a: ".repeat(200_000));
+    let start = std::time::Instant::now();
+    let e = one_error(&text);
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    check(&e, Some(2), None, None, "nest deeper than 100 levels");
+    // Brackets in quotes and comments do not count; ordinary flow collections pass.
+    let ok = format!(
+        "# {}\nsites:\n  - id: a\n    url: http://h.example/\n    labels: {{ b: '{}', a: \"{}\" }}\n",
+        "[".repeat(500),
+        "[".repeat(500),
+        "{".repeat(500)
+    );
+    parse(&ok).unwrap_or_else(|e| panic!("{e:#?}"));
+}
