@@ -566,7 +566,21 @@ pub fn parse_sources(
             // Every site would repeat the same error; report it once.
             continue;
         }
-        for (index, value) in raw.sites.unwrap_or_default().into_iter().enumerate() {
+        let sites = raw.sites.unwrap_or_default();
+        if sites.len() > MAX_SITES_PER_FILE {
+            let line = ctx.top_level_line("sites");
+            ctx.push(
+                line,
+                None,
+                Some("sites"),
+                format!(
+                    "{} sites in one file; at most {MAX_SITES_PER_FILE} (split them over several files of a config directory)",
+                    sites.len()
+                ),
+            );
+            continue;
+        }
+        for (index, value) in sites.into_iter().enumerate() {
             let Some(site) = ctx.site(index, value, &defaults, secrets, &mut tls_cache) else {
                 continue;
             };
@@ -594,6 +608,12 @@ pub fn parse_sources(
         Err(errors)
     }
 }
+
+/// Most sites one file may list: bounds what one (possibly tenant-written) file can cost.
+pub const MAX_SITES_PER_FILE: usize = 200_000;
+
+/// Longest URL accepted, as most servers and proxies limit them.
+pub const MAX_URL_BYTES: usize = 8192;
 
 /// Largest config file read: 100,000 sites take about 5 MiB.
 pub const MAX_FILE_BYTES: usize = 64 << 20;
@@ -1587,6 +1607,12 @@ fn redacted(s: &str) -> String {
 }
 
 fn parse_http_url(s: &str) -> Result<Url, String> {
+    if s.len() > MAX_URL_BYTES {
+        return Err(format!(
+            "URL is {} bytes long; at most {MAX_URL_BYTES}",
+            s.len()
+        ));
+    }
     let shown = redacted(s);
     let url = Url::parse(s.trim()).map_err(|e| format!("invalid URL {shown:?}: {e}"))?;
     if !matches!(url.scheme(), "http" | "https") {

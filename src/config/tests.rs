@@ -1365,3 +1365,21 @@ fn deep_flow_nesting_is_a_fast_error_with_its_line() {
     );
     parse(&ok).unwrap_or_else(|e| panic!("{e:#?}"));
 }
+
+#[test]
+fn urls_and_site_lists_are_bounded() {
+    let long = format!("url: http://h.example/{}", "a".repeat(MAX_URL_BYTES));
+    let e = one_error(&yaml(&["sites:", "  - id: web", &format!("    {long}")]));
+    check(&e, Some(3), Some("web"), Some("url"), "at most 8192");
+    let many: String = (0..=MAX_SITES_PER_FILE)
+        .map(|i| format!("  - {{ id: s{i}, url: 'http://h.example/' }}\n"))
+        .collect();
+    let e = one_error(&format!("defaults: {{ interval: 1m }}\nsites:\n{many}"));
+    check(
+        &e,
+        Some(2),
+        None,
+        Some("sites"),
+        "200001 sites in one file; at most 200000",
+    );
+}
