@@ -785,17 +785,7 @@ impl Ctx<'_> {
     fn site_block(&self, index: usize) -> Option<(usize, usize)> {
         let (items, end) = self
             .site_items
-            .get_or_init(|| {
-                let (start, end) = self.section("sites")?;
-                let lines = &self.lines;
-                let indent = |i: usize| lines[i].len() - lines[i].trim_start().len();
-                let items: Vec<usize> = (start + 1..end)
-                    .filter(|&i| lines[i].trim_start().starts_with("- "))
-                    .collect();
-                let top = items.iter().map(|&i| indent(i)).min()?;
-                let items = items.into_iter().filter(|&i| indent(i) == top).collect();
-                Some((items, end))
-            })
+            .get_or_init(|| self.item_starts("sites"))
             .as_ref()?;
         let first = *items.get(index)?;
         let last = items.get(index + 1).copied().unwrap_or(*end);
@@ -882,8 +872,8 @@ impl Ctx<'_> {
         }
     }
 
-    /// The 0-based line range of the `index`-th item of a top-level list section.
-    fn item_block(&self, section: &str, index: usize) -> Option<(usize, usize)> {
+    /// The 0-based start lines of the items of a top-level list section, and its end.
+    fn item_starts(&self, section: &str) -> Option<(Vec<usize>, usize)> {
         let (start, end) = self.section(section)?;
         let lines = &self.lines;
         let indent = |i: usize| lines[i].len() - lines[i].trim_start().len();
@@ -891,7 +881,13 @@ impl Ctx<'_> {
             .filter(|&i| lines[i].trim_start().starts_with("- "))
             .collect();
         let top = items.iter().map(|&i| indent(i)).min()?;
-        let items: Vec<usize> = items.into_iter().filter(|&i| indent(i) == top).collect();
+        let items = items.into_iter().filter(|&i| indent(i) == top).collect();
+        Some((items, end))
+    }
+
+    /// The 0-based line range of the `index`-th item of a top-level list section.
+    fn item_block(&self, section: &str, index: usize) -> Option<(usize, usize)> {
+        let (items, end) = self.item_starts(section)?;
         let first = *items.get(index)?;
         Some((first, items.get(index + 1).copied().unwrap_or(end)))
     }

@@ -148,20 +148,11 @@ async fn wait_query(
 }
 
 fn keeper(source: &str, db: &str) -> Exporter {
-    keeper_with(source, db, &[])
+    common::keeper(source, db, &[])
 }
 
 fn keeper_with(source: &str, db: &str, extra: &[&str]) -> Exporter {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sitewatch"));
-    cmd.args(["keeper", "--source", source, "--database-url", db])
-        .args([
-            "--web.listen-address",
-            "127.0.0.1:0",
-            "--sites.interval",
-            "1s",
-        ])
-        .args(extra);
-    Exporter::spawn(cmd, tempfile::tempdir().unwrap())
+    common::keeper(source, db, extra)
 }
 
 fn one(rows: &[Vec<Option<String>>]) -> String {

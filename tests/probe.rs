@@ -4,8 +4,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -371,15 +370,7 @@ async fn names_resolve_through_the_configured_name_server() {
 #[tokio::test]
 async fn denied_addresses_open_no_socket() {
     // A target on 127.0.0.2 that counts connections; the policy denies it.
-    let listener = loopback([127, 0, 0, 2]).await;
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let counter = accepted.clone();
-    tokio::spawn(async move {
-        while listener.accept().await.is_ok() {
-            counter.fetch_add(1, Ordering::SeqCst);
-        }
-    });
+    let (addr, accepted) = common::counting_listener([127, 0, 0, 2]).await;
     let t = start_target().await;
     let ex = Exporter::start(&format!(
         "defaults: {{ interval: 1s, timeout: 800ms }}\n\
@@ -403,15 +394,7 @@ async fn denied_addresses_open_no_socket() {
 async fn multi_tenant_switch_denies_this_host_whatever_the_config_says() {
     // A site list may name the exporter's own host; with --network.multi-tenant it is denied
     // even though the config's own network section allows it, and no connection is made.
-    let listener = loopback([127, 0, 0, 1]).await;
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let counter = accepted.clone();
-    tokio::spawn(async move {
-        while listener.accept().await.is_ok() {
-            counter.fetch_add(1, Ordering::SeqCst);
-        }
-    });
+    let (addr, accepted) = common::counting_listener([127, 0, 0, 1]).await;
     let ex = Exporter::start_with(
         &format!(
             "defaults: {{ interval: 1s, timeout: 800ms }}\n\
@@ -427,12 +410,7 @@ async fn multi_tenant_switch_denies_this_host_whatever_the_config_says() {
     })
     .await;
     assert_eq!(accepted.load(Ordering::SeqCst), 0);
-    let sites = reqwest::get(ex.url("/api/v1/sites"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let sites = common::get_text(&ex.url("/api/v1/sites")).await;
     assert!(
         sites.contains("is denied by --network.multi-tenant (127.0.0.0/8)"),
         "{sites}"

@@ -506,37 +506,25 @@ impl Receiver {
         let base = format!("http://127.0.0.1:{}", self.port);
         let client = reqwest::Client::new();
         match self.kind {
-            ReceiverKind::Prometheus => {
-                let text = client
-                    .get(format!("{base}/api/v1/query"))
-                    .query(&[("query", format!("{selector}[1d]"))])
-                    .send()
-                    .await
-                    .expect("query prometheus")
-                    .text()
-                    .await
-                    .expect("prometheus answer");
-                let body: serde_json::Value = serde_json::from_str(&text).expect("prometheus json");
-                assert_eq!(body["status"], "success", "{body}");
-                body["data"]["result"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|r| StoredSeries {
-                        labels: labels_of(&r["metric"]),
-                        samples: r["values"]
-                            .as_array()
-                            .unwrap()
-                            .iter()
-                            .map(|v| {
-                                let ts = v[0].as_f64().unwrap();
-                                let value = v[1].as_str().unwrap().parse().unwrap();
-                                ((ts * 1000.0).round() as i64, value)
-                            })
-                            .collect(),
-                    })
-                    .collect()
-            }
+            ReceiverKind::Prometheus => prometheus_query(self.port, &format!("{selector}[1d]"))
+                .await["data"]["result"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| StoredSeries {
+                    labels: labels_of(&r["metric"]),
+                    samples: r["values"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|v| {
+                            let ts = v[0].as_f64().unwrap();
+                            let value = v[1].as_str().unwrap().parse().unwrap();
+                            ((ts * 1000.0).round() as i64, value)
+                        })
+                        .collect(),
+                })
+                .collect(),
             ReceiverKind::VictoriaMetrics => {
                 let text = client
                     .get(format!("{base}/api/v1/export"))
@@ -571,18 +559,7 @@ impl Receiver {
     /// whose last sample is a staleness marker is not among them.
     pub async fn instant(&self, query: &str) -> Vec<BTreeMap<String, String>> {
         assert_eq!(self.kind, ReceiverKind::Prometheus);
-        let text = reqwest::Client::new()
-            .get(format!("http://127.0.0.1:{}/api/v1/query", self.port))
-            .query(&[("query", query)])
-            .send()
-            .await
-            .expect("query prometheus")
-            .text()
-            .await
-            .expect("prometheus answer");
-        let body: serde_json::Value = serde_json::from_str(&text).expect("prometheus json");
-        assert_eq!(body["status"], "success", "{body}");
-        body["data"]["result"]
+        prometheus_query(self.port, query).await["data"]["result"]
             .as_array()
             .unwrap()
             .iter()
@@ -611,6 +588,64 @@ impl Receiver {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+}
+
+/// The answer of a Prometheus instant query on 127.0.0.1:`port`; fails the test unless it
+/// succeeded.
+pub async fn prometheus_query(port: u16, query: &str) -> serde_json::Value {
+    let text = get_text_with(
+        reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{port}/api/v1/query"))
+            .query(&[("query", query)]),
+    )
+    .await;
+    let body: serde_json::Value = serde_json::from_str(&text).expect("prometheus json");
+    assert_eq!(body["status"], "success", "{body}");
+    body
+}
+
+/// The body of a GET, failing the test on any error.
+pub async fn get_text(url: &str) -> String {
+    get_text_with(reqwest::Client::new().get(url)).await
+}
+
+async fn get_text_with(req: reqwest::RequestBuilder) -> String {
+    req.send()
+        .await
+        .expect("request")
+        .text()
+        .await
+        .expect("response body")
+}
+
+/// `sitewatch keeper` following `source` into `db`, its own /metrics on 127.0.0.1:0, syncing
+/// sites every second.
+pub fn keeper(source: &str, db: &str, extra: &[&str]) -> Exporter {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sitewatch"));
+    cmd.args(["keeper", "--source", source, "--database-url", db])
+        .args([
+            "--web.listen-address",
+            "127.0.0.1:0",
+            "--sites.interval",
+            "1s",
+        ])
+        .args(extra);
+    Exporter::spawn(cmd, tempfile::tempdir().expect("temp dir"))
+}
+
+/// A listener on a loopback address that only counts connections: for proving that a probe
+/// opened none.
+pub async fn counting_listener(ip: [u8; 4]) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = loopback(ip).await;
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while listener.accept().await.is_ok() {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    (addr, accepted)
 }
 
 fn labels_of(metric: &serde_json::Value) -> BTreeMap<String, String> {
