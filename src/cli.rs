@@ -76,6 +76,13 @@ pub struct ServeArgs {
     /// (README, "Multi-tenant use").
     #[arg(long = "network.multi-tenant", env = "SITEWATCH_MULTI_TENANT")]
     pub multi_tenant: bool,
+    /// Let sites carry their own `network: { allow, deny }` exceptions to the `network`
+    /// section (never past --network.multi-tenant). Off: a site that has them is refused.
+    #[arg(
+        long = "network.site-overrides",
+        env = "SITEWATCH_NETWORK_SITE_OVERRIDES"
+    )]
+    pub site_overrides: bool,
     /// Allow `POST /-/reload` (as Prometheus' flag of the same name). Off by default: anyone
     /// who can reach the port could otherwise make the exporter reread its files. SIGHUP and
     /// file changes reload either way.
@@ -319,6 +326,7 @@ async fn serve_exporter(config: PathBuf, serve: ServeArgs) -> ExitCode {
         shard,
         enable_lifecycle: serve.enable_lifecycle,
         multi_tenant: serve.multi_tenant,
+        site_overrides: serve.site_overrides,
         web,
         ..RunOptions::new(config)
     };

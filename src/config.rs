@@ -155,6 +155,16 @@ pub enum ResolverSetting {
     Servers(Vec<SocketAddr>),
 }
 
+/// A site's exceptions to the `network` section.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SiteNetwork {
+    /// Ranges this site may reach although `network.deny` (or a non-empty `network.allow`)
+    /// would refuse them. Never past `--network.multi-tenant`.
+    pub allow: Vec<IpNet>,
+    /// Ranges this site may not reach, on top of `network.deny`.
+    pub deny: Vec<IpNet>,
+}
+
 /// The `network` section: where probes may connect and how names resolve.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Network {
@@ -288,6 +298,9 @@ pub struct Site {
     pub tls: Arc<tls::TlsClient>,
     /// HTTP proxy.
     pub proxy: Option<Url>,
+    /// The site's own network exceptions; used only when the operator runs with
+    /// `--network.site-overrides`, refused otherwise.
+    pub network: Option<SiteNetwork>,
     /// Time between probe starts.
     pub interval: Duration,
     /// Deadline of one probe.
@@ -429,12 +442,22 @@ struct RawSite {
     bearer_token_env: Option<String>,
     tls: Option<RawTls>,
     proxy: Option<String>,
+    network: Option<RawSiteNetwork>,
     interval: Option<String>,
     timeout: Option<String>,
     valid_status: Option<Vec<Value>>,
     follow_redirects: Option<bool>,
     max_redirects: Option<u32>,
     max_body_bytes: Option<Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSiteNetwork {
+    #[serde(default)]
+    allow: Vec<String>,
+    #[serde(default)]
+    deny: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1400,6 +1423,17 @@ impl Ctx<'_> {
 
         let raw_tls = raw.tls.or_else(|| defaults.tls.clone()).unwrap_or_default();
         let tls = self.tls_client(raw_tls, tls_cache, &err);
+        let network = raw.network.map(|n| {
+            let mut cidrs = |field: &str, list: Vec<String>| -> Vec<IpNet> {
+                list.into_iter()
+                    .filter_map(|c| parse_cidr(&c).map_err(|e| err(self, field, e)).ok())
+                    .collect()
+            };
+            SiteNetwork {
+                allow: cidrs("network.allow", n.allow),
+                deny: cidrs("network.deny", n.deny),
+            }
+        });
         if self.errors.len() > before {
             return None;
         }
@@ -1414,6 +1448,7 @@ impl Ctx<'_> {
             auth,
             tls: tls?,
             proxy,
+            network,
             interval: interval?,
             timeout: timeout?,
             valid_status,

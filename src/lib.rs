@@ -93,6 +93,8 @@ pub struct RunOptions {
     pub enable_lifecycle: bool,
     /// Deny [`resolve::MULTI_TENANT_DENY`] whatever the config says.
     pub multi_tenant: bool,
+    /// Whether sites may carry their own `network` exceptions.
+    pub site_overrides: bool,
     /// TLS and basic auth for the endpoints.
     pub web: Option<Arc<webconfig::WebConfig>>,
 }
@@ -109,6 +111,7 @@ impl RunOptions {
             shard: shard::Shard::ALL,
             enable_lifecycle: false,
             multi_tenant: false,
+            site_overrides: false,
             web: None,
         }
     }
@@ -222,9 +225,12 @@ impl App {
         let loaded = sources
             .and_then(|s| config::parse_sources(&s, &SystemSecrets).map_err(LoadError::Invalid))
             .map_err(RunError::from)
-            .map(|mut c| {
+            .and_then(|mut c| {
                 c.network.multi_tenant = self.options.multi_tenant;
-                c
+                if !self.options.site_overrides {
+                    refuse_site_overrides(&c)?;
+                }
+                Ok(c)
             })
             .and_then(|c| Ok((Prober::new(&c.network)?, c)));
         Some(match loaded {
@@ -254,6 +260,27 @@ impl App {
                 Err(e)
             }
         })
+    }
+}
+
+/// Sites with their own `network` exceptions, when the operator did not allow them.
+fn refuse_site_overrides(config: &Config) -> Result<(), RunError> {
+    let errors: Vec<config::ConfigError> = config
+        .sites
+        .iter()
+        .filter(|s| s.network.is_some())
+        .map(|s| config::ConfigError {
+            file: s.source.clone(),
+            line: None,
+            site: Some(s.id.clone()),
+            field: Some("network".into()),
+            message: "per-site network exceptions are disabled; the operator enables them with --network.site-overrides".into(),
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(RunError::Config(LoadError::Invalid(errors)))
     }
 }
 

@@ -424,7 +424,7 @@ impl Prober {
         };
         let ip = self.resolve(connect_url, t).await?;
         self.policy
-            .check(ip)
+            .check_site(ip, site.network.as_ref())
             .map_err(|m| Failure::new(ResultClass::Denied, m))?;
 
         t.stage = "connect";

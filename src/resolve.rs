@@ -13,7 +13,7 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::TokioResolver;
 use ipnet::IpNet;
 
-use crate::config::{IpVersion, Network, ResolverSetting};
+use crate::config::{IpVersion, Network, ResolverSetting, SiteNetwork};
 
 /// Why a name gave no usable address.
 #[derive(Debug, thiserror::Error)]
@@ -176,18 +176,35 @@ impl Policy {
 
     /// `Err` with the reason when the address may not be connected to.
     pub fn check(&self, ip: IpAddr) -> Result<(), String> {
+        self.check_site(ip, None)
+    }
+
+    /// Like [`Policy::check`], with a site's own exceptions (`--network.site-overrides`):
+    /// `--network.multi-tenant` always wins, then the site's `deny`, then its `allow`, then
+    /// the `network` section.
+    pub fn check_site(&self, ip: IpAddr, site: Option<&SiteNetwork>) -> Result<(), String> {
         // An IPv4-mapped IPv6 address is the IPv4 address for policy purposes.
         let ip = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
             v4 => v4,
         };
-        if let Some(net) = self.deny.iter().find(|n| n.contains(&ip)) {
-            return Err(format!("address {ip} is denied by network.deny {net}"));
-        }
         if let Some(net) = self.builtin.iter().find(|n| n.contains(&ip)) {
             return Err(format!(
                 "address {ip} is denied by --network.multi-tenant ({net})"
             ));
+        }
+        if let Some(site) = site {
+            if let Some(net) = site.deny.iter().find(|n| n.contains(&ip)) {
+                return Err(format!(
+                    "address {ip} is denied by the site's network.deny {net}"
+                ));
+            }
+            if site.allow.iter().any(|n| n.contains(&ip)) {
+                return Ok(());
+            }
+        }
+        if let Some(net) = self.deny.iter().find(|n| n.contains(&ip)) {
+            return Err(format!("address {ip} is denied by network.deny {net}"));
         }
         if !self.allow.is_empty() && !self.allow.iter().any(|n| n.contains(&ip)) {
             return Err(format!("address {ip} is not in network.allow"));
@@ -234,6 +251,32 @@ mod tests {
         ] {
             assert!(on.check(allowed.parse().unwrap()).is_ok(), "{allowed}");
         }
+    }
+
+    #[test]
+    fn a_site_exception_opens_a_range_but_never_past_multi_tenant() {
+        let network = Network {
+            deny: vec!["10.0.0.0/8".parse().unwrap()],
+            multi_tenant: true,
+            ..Network::default()
+        };
+        let p = Policy::new(&network);
+        let site = SiteNetwork {
+            allow: vec![
+                "10.1.2.3/32".parse().unwrap(),
+                "127.0.0.1/32".parse().unwrap(),
+            ],
+            deny: vec!["192.0.2.0/24".parse().unwrap()],
+        };
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(p.check(ip("10.1.2.3")).is_err());
+        assert!(p.check_site(ip("10.1.2.3"), Some(&site)).is_ok());
+        assert!(p.check_site(ip("10.1.2.4"), Some(&site)).is_err());
+        let e = p.check_site(ip("127.0.0.1"), Some(&site)).unwrap_err();
+        assert!(e.contains("--network.multi-tenant"), "{e}");
+        let e = p.check_site(ip("192.0.2.7"), Some(&site)).unwrap_err();
+        assert!(e.contains("the site's network.deny"), "{e}");
+        assert!(p.check(ip("192.0.2.7")).is_ok());
     }
 
     #[test]

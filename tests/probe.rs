@@ -457,6 +457,43 @@ async fn a_target_trickling_its_body_cannot_hold_a_probe_past_its_timeout() {
 }
 
 #[tokio::test]
+async fn a_site_may_have_network_exceptions_only_when_the_operator_allows_them() {
+    let listener = loopback([127, 0, 0, 2]).await;
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(serve_target(listener, None, |_req| async {
+        respond(200, "ok")
+    }));
+    let config = format!(
+        "defaults: {{ interval: 1s, timeout: 800ms }}\n\
+         network:\n  deny: [127.0.0.2/32]\n\
+         sites:\n\
+         \x20 - id: excepted\n    url: http://{addr}/\n    network: {{ allow: [127.0.0.2/32] }}\n\
+         \x20 - id: plain\n    url: http://{addr}/\n"
+    );
+    // Without the operator's flag the config is refused, naming the site and the field.
+    let dir = tempfile::tempdir().unwrap();
+    let path = common::write_file(dir.path(), "sites.yaml", &config);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sitewatch"))
+        .args(["run", "--web.listen-address", "127.0.0.1:0", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "site \"excepted\": field `network`: per-site network exceptions are disabled"
+        ),
+        "{err}"
+    );
+    // With it, the exception opens the denied address for that site only.
+    let ex = Exporter::start_with(&config, &["--network.site-overrides"], &[]);
+    let s = ex.probed_all(&["excepted", "plain"]).await;
+    assert_eq!(s.site("excepted", "probe_success"), Some(1.0));
+    assert!(s.probes("plain", "denied") >= 1.0);
+}
+
+#[tokio::test]
 async fn method_headers_and_user_agent_are_sent() {
     let t = start_target().await;
     let ex = Exporter::start(&config(&format!(

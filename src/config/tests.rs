@@ -1383,3 +1383,28 @@ fn urls_and_site_lists_are_bounded() {
         "200001 sites in one file; at most 200000",
     );
 }
+
+#[test]
+fn site_network_exceptions_parse_and_name_bad_ranges() {
+    let config = parse(&site_with(
+        "network: { allow: [10.1.2.3, 10.2.0.0/16], deny: ['192.0.2.0/24'] }",
+    ))
+    .unwrap();
+    let n = only_site(&config).network.clone().unwrap();
+    assert_eq!(
+        n.allow,
+        vec![
+            "10.1.2.3/32".parse::<IpNet>().unwrap(),
+            "10.2.0.0/16".parse().unwrap()
+        ]
+    );
+    assert_eq!(n.deny, vec!["192.0.2.0/24".parse::<IpNet>().unwrap()]);
+    let e = one_error(&site_with("network: { allow: [not-a-range] }"));
+    check(
+        &e,
+        Some(4),
+        Some("web"),
+        Some("network.allow"),
+        "not a CIDR range",
+    );
+}
