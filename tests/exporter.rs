@@ -376,20 +376,11 @@ async fn operators_can_drop_phase_and_histogram_series() {
 
 #[test]
 fn a_bad_config_at_start_exits_78_naming_the_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bad.yaml");
-    std::fs::write(
-        &path,
+    let (code, err) = common::run_expecting_exit(
         "sites:\n  - id: x\n    url: http://127.0.0.1:1/\n    interval: soon\n",
-    )
-    .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_sitewatch"))
-        .args(["run", "--web.listen-address", "127.0.0.1:0", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(78));
-    let err = String::from_utf8_lossy(&out.stderr);
+        &[],
+    );
+    assert_eq!(code, Some(78));
     assert!(
         err.contains("site \"x\": field `interval`: invalid duration"),
         "{err}"

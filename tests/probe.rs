@@ -471,15 +471,8 @@ async fn a_site_may_have_network_exceptions_only_when_the_operator_allows_them()
          \x20 - id: plain\n    url: http://{addr}/\n"
     );
     // Without the operator's flag the config is refused, naming the site and the field.
-    let dir = tempfile::tempdir().unwrap();
-    let path = common::write_file(dir.path(), "sites.yaml", &config);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sitewatch"))
-        .args(["run", "--web.listen-address", "127.0.0.1:0", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(78));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, err) = common::run_expecting_exit(&config, &[]);
+    assert_eq!(code, Some(78));
     assert!(
         err.contains(
             "site \"excepted\": field `network`: per-site network exceptions are disabled"

@@ -3,7 +3,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::Command;
 
 use common::{loopback, Exporter, Scrape};
 use sitewatch::demo::{respond, serve_target};
@@ -102,17 +101,9 @@ async fn three_replicas_probe_every_site_exactly_once() {
 
 #[test]
 fn a_shard_index_out_of_range_is_a_usage_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("sites.yaml");
-    std::fs::write(&path, "sites: []\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_sitewatch"))
-        .args(["run", "--web.listen-address", "127.0.0.1:0", "--config"])
-        .arg(&path)
-        .args(["--shard.count", "3", "--shard.index", "3"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(64));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, err) =
+        common::run_expecting_exit("sites: []\n", &["--shard.count", "3", "--shard.index", "3"]);
+    assert_eq!(code, Some(64));
     assert!(
         err.contains("shard index 3 is not below the shard count 3"),
         "{err}"

@@ -28,6 +28,23 @@ pub fn run_command(config: &Path) -> Command {
     cmd
 }
 
+/// Runs `sitewatch run` on `config` (written to a temp file) with `args`, for a start that must
+/// fail: its exit code and stderr.
+pub fn run_expecting_exit(config: &str, args: &[&str]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = write_file(dir.path(), "sites.yaml", config);
+    let out = Command::new(env!("CARGO_BIN_EXE_sitewatch"))
+        .args(["run", "--web.listen-address", "127.0.0.1:0", "--config"])
+        .arg(&path)
+        .args(args)
+        .output()
+        .expect("run sitewatch");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A running `sitewatch` process, killed on drop.
 pub struct Exporter {
     pub child: Child,
