@@ -155,10 +155,7 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
             _ => respond(500, "broken"),
         }
     }));
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
+    let now = common::unix_now();
     let cert = TestCertificate::generate(now + 10 * 86_400).unwrap();
     let listener = loopback([127, 0, 0, 1]).await;
     let https = listener.local_addr().unwrap();

@@ -62,10 +62,7 @@ async fn h2_resetting(cert: &TestCertificate) -> std::net::SocketAddr {
 
 #[tokio::test]
 async fn hostile_targets_each_end_in_their_class_and_healthy_sites_go_on() {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
+    let now = common::unix_now();
     // Healthy, and the redirects, on 127.0.0.3 (127.0.0.1 and .2 are denied below).
     let listener = loopback([127, 0, 0, 3]).await;
     let t = listener.local_addr().unwrap();

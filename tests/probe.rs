@@ -247,10 +247,7 @@ async fn redirects_are_followed_counted_and_loops_detected() {
 
 #[tokio::test]
 async fn tls_expiry_is_reported_to_the_second() {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
+    let now = common::unix_now();
     let not_after = now + 20 * 86_400 + 17;
     let cert = TestCertificate::generate(not_after).unwrap();
     let listener = loopback([127, 0, 0, 1]).await;

@@ -158,10 +158,7 @@ async fn http_through_proxy_uses_absolute_form() {
 
 #[tokio::test]
 async fn https_through_connect_tunnel() {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
+    let now = common::unix_now();
     let not_after = now + 30 * 86_400 + 41;
     let cert = TestCertificate::generate(not_after).unwrap();
     let listener = loopback([127, 0, 0, 1]).await;

@@ -366,10 +366,7 @@ async fn receiver_answering_500_is_retried_until_it_accepts() {
 
 #[tokio::test]
 async fn https_receiver_with_its_ca_and_basic_auth() {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
+    let now = common::unix_now();
     let cert = TestCertificate::generate(now + 86_400).unwrap();
     let (url, seen) = scripted_receiver_tls(vec![204], Some(cert.server_config().unwrap())).await;
     let t = target().await;

@@ -25,10 +25,7 @@ fn pem(label: &str, der: &[u8]) -> String {
 
 #[tokio::test]
 async fn endpoints_need_tls_and_the_right_password() {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
+    let now = common::unix_now();
     let cert = TestCertificate::generate(now + 86_400).unwrap();
     let dir = tempfile::tempdir().unwrap();
     common::write_file(dir.path(), "server.crt", &pem("CERTIFICATE", &cert.leaf));

@@ -414,6 +414,14 @@ pub fn write_file(dir: &Path, name: &str, contents: &str) -> PathBuf {
     p
 }
 
+/// Now, in whole seconds since the Unix epoch (certificate validity in tests).
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as i64
+}
+
 /// A free port on 127.0.0.1 for a child process that cannot report the one it bound.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
