@@ -8,6 +8,7 @@
 //! - [`metrics`]: per-site series from the last [`probe::ProbeResult`], exporter health, `process_*`.
 //! - [`remote_write`]: pushes each probe's samples to remote-write receivers, queued per destination.
 //! - [`results`]: the recent-results log with sequence numbers, for followers (the keeper).
+//! - [`status`]: the status page at `/`.
 //! - [`shard`]: which sites this replica probes (rendezvous hashing of the site key).
 //! - [`server`]: `/metrics`, `/-/healthy`, `/-/ready`, `/-/reload`.
 //! - [`webconfig`]: `--web.config.file`, TLS and basic auth for the endpoints (exporter-toolkit format).
@@ -36,6 +37,7 @@ pub mod results;
 pub mod scheduler;
 pub mod server;
 pub mod shard;
+pub mod status;
 pub mod tls;
 pub mod watch;
 pub mod webconfig;

@@ -62,6 +62,23 @@ struct SiteState {
     buckets: Vec<u64>,
     sum: f64,
     finished_at: Option<SystemTime>,
+    /// When the site's up/down state last changed (or its first probe finished).
+    since: Option<SystemTime>,
+    /// The last 32 outcomes, newest in bit 0 (1 = success): the status page's bar.
+    history: u32,
+    /// How many bits of `history` are real (at most 32).
+    history_len: u8,
+}
+
+/// What the status page shows of a site.
+#[derive(Debug, Clone)]
+pub struct SiteStatus {
+    /// The last probe's result.
+    pub last: ProbeResult,
+    /// When the site's up/down state last changed.
+    pub since: SystemTime,
+    /// Recent outcomes, oldest first (true = success), at most 32.
+    pub recent: Vec<bool>,
 }
 
 #[derive(Debug)]
@@ -136,6 +153,9 @@ impl SiteTable {
             buckets: vec![0; buckets],
             sum: 0.0,
             finished_at: None,
+            since: None,
+            history: 0,
+            history_len: 0,
         };
         sites.insert(
             key,
@@ -199,7 +219,14 @@ impl SiteTable {
             *b += 1;
         }
         st.sum += secs;
-        st.finished_at = Some(result.started_at + result.duration);
+        let finished = result.started_at + result.duration;
+        st.finished_at = Some(finished);
+        let changed = st.last.as_ref().map(ProbeResult::success) != Some(result.success());
+        if changed {
+            st.since = Some(finished);
+        }
+        st.history = (st.history << 1) | u32::from(result.success());
+        st.history_len = st.history_len.saturating_add(1).min(32);
         st.last = Some(result.clone());
     }
 
@@ -208,6 +235,23 @@ impl SiteTable {
         let series = self.sites.read().expect("sites lock").get(key).cloned()?;
         let st = series.state.lock().expect("site lock");
         st.last.clone()
+    }
+
+    /// The last result, the time of the last up/down change and the recent outcomes of a
+    /// site; `None` before its first probe.
+    pub fn status(&self, key: &str) -> Option<SiteStatus> {
+        let series = self.sites.read().expect("sites lock").get(key).cloned()?;
+        let st = series.state.lock().expect("site lock");
+        let last = st.last.clone()?;
+        let recent = (0..st.history_len)
+            .rev()
+            .map(|i| st.history >> i & 1 == 1)
+            .collect();
+        Some(SiteStatus {
+            since: st.since.unwrap_or(last.started_at),
+            last,
+            recent,
+        })
     }
 
     /// Number of sites exported.

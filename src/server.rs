@@ -8,7 +8,8 @@
 //! | `/-/reload` | POST | with `--web.enable-lifecycle`: reloads the configuration; 200, or 500 with the errors (the old config keeps running); 403 without the flag |
 //! | `/api/v1/sites` | GET | JSON: every site, its configuration without secrets, its last result |
 //! | `/api/v1/results?after=SEQ&limit=N&wait=10s` | GET | NDJSON: probe results after SEQ, oldest first; waits up to `wait` for one when there is none yet |
-//! | `/` | GET | a pointer to the endpoints |
+//! | `/api/v1/sites/{key}` | GET | JSON: one site (`id`, or `tenant/id`) |
+//! | `/` | GET | the status page: every site up or down, latency, recent results, last error |
 //!
 //! `/api/v1/results` answers with `X-Sitewatch-Instance` (changes when the exporter restarts),
 //! `X-Sitewatch-First-Seq` (oldest result still held: a follower that asked for an older one
@@ -176,13 +177,18 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         (_, "/-/reload") => text(StatusCode::METHOD_NOT_ALLOWED, "Use POST.\n"),
         (&Method::GET, "/api/v1/sites") => sites(&app),
         (&Method::GET, "/api/v1/results") => results(&app, req.uri().query()).await,
-        (&Method::GET, "/") => {
-            let html = "<!doctype html><html><head><meta charset=\"utf-8\"><title>sitewatch</title></head>\
-                <body><h1>sitewatch</h1><p><a href=\"/metrics\">Metrics</a></p></body></html>\n";
+        (&Method::GET | &Method::HEAD, "/") => {
+            let config = app.current().unwrap_or_default();
+            let q = crate::status::Query::parse(req.uri().query());
+            let html = crate::status::render(&config.sites, &app.metrics.sites, &q);
             Response::builder()
                 .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
-                .body(full(Bytes::from_static(html.as_bytes())))
+                .header(header::CACHE_CONTROL, "no-store")
+                .body(full(html))
                 .expect("static response parts")
+        }
+        (&Method::GET, path) if path.starts_with("/api/v1/sites/") => {
+            site(&app, &path["/api/v1/sites/".len()..])
         }
         _ => text(StatusCode::NOT_FOUND, "Not found.\n"),
     }
@@ -194,6 +200,27 @@ fn json(status: StatusCode, body: Vec<u8>, content_type: &'static str) -> Respon
         .header(header::CONTENT_TYPE, content_type)
         .body(full(body))
         .expect("static response parts")
+}
+
+/// One site by its key (`id`, or `tenant/id`), as in `/api/v1/sites`.
+fn site(app: &App, key: &str) -> Response<Body> {
+    let key = url::form_urlencoded::parse(format!("k={key}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default();
+    let config = app.current().unwrap_or_default();
+    let Some(site) = config.sites.iter().find(|s| s.key() == key) else {
+        return json(
+            StatusCode::NOT_FOUND,
+            serde_json::to_vec(&serde_json::json!({ "error": format!("no site {key:?}") }))
+                .unwrap_or_default(),
+            "application/json",
+        );
+    };
+    let last = app.metrics.sites.last(&key);
+    let body = serde_json::to_vec(&SiteJson::new(site, last.as_ref()))
+        .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}").into_bytes());
+    json(StatusCode::OK, body, "application/json")
 }
 
 fn sites(app: &App) -> Response<Body> {

@@ -1,0 +1,55 @@
+//! The status page at `/` and `/api/v1/sites/{key}`, over HTTP. (The headless-browser test of
+//! the page is still to come.)
+
+mod common;
+
+use common::{loopback, Exporter};
+use sitewatch::demo::{respond, serve_target};
+
+#[tokio::test]
+async fn status_page_shows_down_sites_first_and_filters_by_tenant() {
+    let listener = loopback([127, 0, 0, 1]).await;
+    let t = listener.local_addr().unwrap();
+    tokio::spawn(serve_target(listener, None, |req| async move {
+        match req.uri().path() {
+            "/ok" => respond(200, "fine"),
+            _ => respond(500, "<b>broken</b>"),
+        }
+    }));
+    let ex = Exporter::start(&format!(
+        "defaults: {{ interval: 1s, timeout: 800ms }}\nsites:\n\
+         \x20 - id: shop\n    url: http://{t}/ok\n    tenant: acme\n\
+         \x20 - id: api\n    url: http://{t}/fail\n"
+    ));
+    ex.probed_all(&["shop", "api"]).await;
+    let r = reqwest::get(ex.url("/")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/html; charset=utf-8");
+    let html = r.text().await.unwrap();
+    assert!(html.contains("<title>sitewatch: 1 down</title>"), "{html}");
+    assert!(html.contains("1 of 2 sites down"), "{html}");
+    // The down site comes first, with its error in words.
+    let (api, shop) = (
+        html.find(">api</a>").unwrap(),
+        html.find(">shop</a>").unwrap(),
+    );
+    assert!(api < shop, "{html}");
+    assert!(html.contains("class=\"state down\">DOWN"), "{html}");
+    assert!(html.contains("status 500 is not in valid_status"), "{html}");
+    assert!(html.contains("class=\"state up\">UP"), "{html}");
+    // No script, no external asset; everything needed is in the page.
+    assert!(!html.contains("<script"), "{html}");
+    assert!(!html.contains("src="), "{html}");
+
+    let html = common::get_text(&ex.url("/?tenant=acme")).await;
+    assert!(html.contains("All 1 sites up"), "{html}");
+    assert!(!html.contains(">api</a>"), "{html}");
+
+    let doc: serde_json::Value =
+        serde_json::from_str(&common::get_text(&ex.url("/api/v1/sites/acme/shop")).await).unwrap();
+    assert_eq!(doc["id"], "shop");
+    assert_eq!(doc["tenant"], "acme");
+    assert_eq!(doc["last_result"]["success"], true);
+    let r = reqwest::get(ex.url("/api/v1/sites/nope")).await.unwrap();
+    assert_eq!(r.status(), 404);
+}
