@@ -1,7 +1,8 @@
 //! The status page at `/`: every site up or down at a glance, server-rendered HTML with no
 //! script and no external asset, so it works offline, behind strict proxies and on a phone.
 //!
-//! Down sites come first, then by tenant and id; `?tenant=NAME` filters, `?page=N` pages
+//! Sites are grouped by tenant, tenants with a site down first, and down sites first in their
+//! group; `?tenant=NAME` filters, `?page=N` pages
 //! through [`PAGE_SIZE`] sites at a time. The page refreshes itself every 30 s.
 
 use std::fmt::Write as _;
@@ -93,14 +94,30 @@ pub fn render(sites: &[std::sync::Arc<Site>], table: &SiteTable, q: &Query) -> S
         .filter(|(_, st)| st.as_ref().is_some_and(|st| !st.last.success()))
         .count();
     let pending = rows.iter().filter(|(_, st)| st.is_none()).count();
-    // Down first, then never probed, then up; each by tenant and id.
+    // Grouped by tenant, tenants with a site down first; in a group, down sites first, then
+    // sites not probed yet, then the rest, each by id.
     let rank = |st: &Option<SiteStatus>| match st {
         Some(st) if !st.last.success() => 0,
         None => 1,
         Some(_) => 2,
     };
+    let troubled: std::collections::HashSet<Option<&str>> = rows
+        .iter()
+        .filter(|(_, st)| rank(st) == 0)
+        .map(|(s, _)| s.tenant.as_deref())
+        .collect();
     rows.sort_by(|(a, sa), (b, sb)| {
-        (rank(sa), &a.tenant, &a.id).cmp(&(rank(sb), &b.tenant, &b.id))
+        let key = |s: &Site, st: &Option<SiteStatus>| {
+            let t = s.tenant.as_deref();
+            (
+                !troubled.contains(&t),
+                t.is_none(),
+                t.map(str::to_string),
+                rank(st),
+                s.id.clone(),
+            )
+        };
+        key(a, sa).cmp(&key(b, sb))
     });
     let total = rows.len();
     let pages = total.div_ceil(PAGE_SIZE).max(1);
