@@ -83,6 +83,11 @@ pub struct ServeArgs {
         env = "SITEWATCH_NETWORK_SITE_OVERRIDES"
     )]
     pub site_overrides: bool,
+    /// Serve `/probe?target=URL&module=SITE` (blackbox_exporter style): one probe now, its
+    /// series as the answer. Off by default, since it lets callers make the exporter fetch
+    /// URLs; the network policy applies as to every probe.
+    #[arg(long = "web.enable-probe", env = "SITEWATCH_ENABLE_PROBE")]
+    pub enable_probe: bool,
     /// Allow `POST /-/reload` (as Prometheus' flag of the same name). Off by default: anyone
     /// who can reach the port could otherwise make the exporter reread its files. SIGHUP and
     /// file changes reload either way.
@@ -327,6 +332,7 @@ async fn serve_exporter(config: PathBuf, serve: ServeArgs) -> ExitCode {
         enable_lifecycle: serve.enable_lifecycle,
         multi_tenant: serve.multi_tenant,
         site_overrides: serve.site_overrides,
+        enable_probe: serve.enable_probe,
         web,
         ..RunOptions::new(config)
     };

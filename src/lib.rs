@@ -97,6 +97,8 @@ pub struct RunOptions {
     pub multi_tenant: bool,
     /// Whether sites may carry their own `network` exceptions.
     pub site_overrides: bool,
+    /// Whether `/probe` is served.
+    pub enable_probe: bool,
     /// TLS and basic auth for the endpoints.
     pub web: Option<Arc<webconfig::WebConfig>>,
 }
@@ -114,6 +116,7 @@ impl RunOptions {
             enable_lifecycle: false,
             multi_tenant: false,
             site_overrides: false,
+            enable_probe: false,
             web: None,
         }
     }
@@ -184,6 +187,53 @@ impl App {
     /// TLS and basic auth for the endpoints, if configured.
     pub fn web(&self) -> Option<&Arc<webconfig::WebConfig>> {
         self.options.web.as_ref()
+    }
+
+    /// Probes `target` once now, with the settings of the site `module` (by key) or the
+    /// defaults, under the running network policy. `Err` says what is wrong with the request.
+    pub async fn probe_now(
+        &self,
+        target: &str,
+        module: Option<&str>,
+    ) -> Result<(Arc<config::Site>, probe::ProbeResult, Arc<Config>), String> {
+        if !self.options.enable_probe {
+            return Err("disabled".into());
+        }
+        let current = self.current().ok_or("no configuration loaded yet")?;
+        // Validate the target as a site URL is validated: scheme, host, no credentials.
+        let yaml = format!(
+            "sites:\n  - id: probe\n    url: {}\n",
+            serde_json::to_string(target).map_err(|e| e.to_string())?
+        );
+        let parsed = config::parse_sources(&[(PathBuf::from("probe"), yaml)], &SystemSecrets)
+            .map_err(|errors| {
+                errors
+                    .iter()
+                    .map(|e| e.message.clone())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })?;
+        let base = parsed.sites[0].clone();
+        let site = match module {
+            None => base,
+            Some(key) => {
+                let module = current
+                    .sites
+                    .iter()
+                    .find(|s| s.key() == key)
+                    .ok_or_else(|| format!("no site {key:?} to take the settings from"))?;
+                let mut s = (**module).clone();
+                s.url = base.url.clone();
+                Arc::new(s)
+            }
+        };
+        let result = self.scheduler.prober().probe(&site).await;
+        Ok((site, result, current))
+    }
+
+    /// The `location` label of probe series.
+    pub fn location(&self) -> Option<String> {
+        self.options.location.clone()
     }
 
     /// Whether `POST /-/reload` is served.

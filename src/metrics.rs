@@ -709,6 +709,31 @@ impl prometheus_client::collector::Collector for ProcessCollector {
     }
 }
 
+/// The series of one probe alone, as blackbox_exporter's `/probe` answers: the per-site
+/// series of `site` after `result`, and nothing else.
+pub fn encode_one(
+    site: &Site,
+    result: &ProbeResult,
+    settings: &MetricsSettings,
+    location: Option<String>,
+    openmetrics: bool,
+) -> String {
+    let table = Arc::new(SiteTable::new(location));
+    table.set_settings(settings);
+    table.insert(site);
+    table.record(&site.key(), result);
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(table));
+    let mut out = String::new();
+    let written = if openmetrics {
+        prometheus_client::encoding::text::encode(&mut out, &registry)
+    } else {
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)
+    };
+    written.expect("encoding metrics into a String");
+    out
+}
+
 /// The registry and the handles that feed it.
 #[derive(Debug)]
 pub struct Metrics {

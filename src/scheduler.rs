@@ -123,6 +123,11 @@ impl Scheduler {
         metrics.health.sites.set(running.len() as i64);
     }
 
+    /// The prober of the running configuration (its resolver and network policy).
+    pub fn prober(&self) -> Arc<Prober> {
+        self.shared.prober.read().expect("prober lock").clone()
+    }
+
     /// Stops scheduling and waits up to `grace` for probes in flight. Returns whether they all finished.
     pub async fn shutdown(&self, grace: Duration) -> bool {
         self.shared.stop.cancel();

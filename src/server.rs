@@ -8,6 +8,7 @@
 //! | `/-/reload` | POST | with `--web.enable-lifecycle`: reloads the configuration; 200, or 500 with the errors (the old config keeps running); 403 without the flag |
 //! | `/api/v1/sites` | GET | JSON: every site, its configuration without secrets, its last result |
 //! | `/api/v1/results?after=SEQ&limit=N&wait=10s` | GET | NDJSON: probe results after SEQ, oldest first; waits up to `wait` for one when there is none yet |
+//! | `/probe?target=URL&module=SITE` | GET | with `--web.enable-probe`: one probe now, its series (or `&debug=true`: the result as JSON) |
 //! | `/api/v1/sites/{key}` | GET | JSON: one site (`id`, or `tenant/id`) |
 //! | `/` | GET | the status page: every site up or down, latency, recent results, last error |
 //!
@@ -187,6 +188,7 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
                 .body(full(html))
                 .expect("static response parts")
         }
+        (&Method::GET, "/probe") => probe(&app, req.uri().query(), wants_openmetrics(&req)).await,
         (&Method::GET, path) if path.starts_with("/api/v1/sites/") => {
             site(&app, &path["/api/v1/sites/".len()..])
         }
@@ -200,6 +202,58 @@ fn json(status: StatusCode, body: Vec<u8>, content_type: &'static str) -> Respon
         .header(header::CONTENT_TYPE, content_type)
         .body(full(body))
         .expect("static response parts")
+}
+
+/// `/probe?target=URL&module=SITE[&debug=true]`: one probe now.
+async fn probe(app: &App, query: Option<&str>, openmetrics: bool) -> Response<Body> {
+    let mut target = None;
+    let mut module = None;
+    let mut debug = false;
+    for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match k.as_ref() {
+            "target" => target = Some(v.into_owned()),
+            "module" => module = Some(v.into_owned()),
+            "debug" => debug = v == "true",
+            _ => {}
+        }
+    }
+    let Some(target) = target else {
+        return text(StatusCode::BAD_REQUEST, "Target parameter is missing.\n");
+    };
+    match app.probe_now(&target, module.as_deref()).await {
+        Err(e) if e == "disabled" => text(
+            StatusCode::FORBIDDEN,
+            "/probe is not enabled: start with --web.enable-probe.\n",
+        ),
+        Err(e) => text(StatusCode::BAD_REQUEST, format!("Bad probe request: {e}\n")),
+        Ok((site, result, _)) if debug => {
+            let doc = serde_json::json!({
+                "target": site.url.as_str(),
+                "module": module,
+                "result": crate::results::ResultJson::new(&result),
+            });
+            let body = serde_json::to_string_pretty(&doc).unwrap_or_default();
+            text(StatusCode::OK, format!("{body}\n"))
+        }
+        Ok((site, result, config)) => {
+            let body = crate::metrics::encode_one(
+                &site,
+                &result,
+                &config.metrics,
+                app.location(),
+                openmetrics,
+            );
+            let ct = if openmetrics {
+                crate::metrics::OPENMETRICS_CONTENT_TYPE
+            } else {
+                crate::metrics::PROMETHEUS_CONTENT_TYPE
+            };
+            Response::builder()
+                .header(header::CONTENT_TYPE, ct)
+                .body(full(body))
+                .expect("static response parts")
+        }
+    }
 }
 
 /// One site by its key (`id`, or `tenant/id`), as in `/api/v1/sites`.

@@ -53,3 +53,71 @@ async fn status_page_shows_down_sites_first_and_filters_by_tenant() {
     let r = reqwest::get(ex.url("/api/v1/sites/nope")).await.unwrap();
     assert_eq!(r.status(), 404);
 }
+
+#[tokio::test]
+async fn probe_endpoint_only_when_enabled_and_always_under_the_network_policy() {
+    let listener = loopback([127, 0, 0, 1]).await;
+    let t = listener.local_addr().unwrap();
+    tokio::spawn(serve_target(listener, None, |_req| async {
+        respond(200, "ok")
+    }));
+    let (denied, connections) = common::counting_listener([127, 0, 0, 2]).await;
+    let config = format!(
+        "network:\n  deny: [127.0.0.2/32]\nsites:\n  - id: shop\n    url: http://{t}/\n    tenant: acme\n    interval: 1h\n"
+    );
+    let enc = |u: &str| url::form_urlencoded::byte_serialize(u.as_bytes()).collect::<String>();
+
+    let off = Exporter::start(&config);
+    let r = reqwest::get(off.url(&format!("/probe?target={}", enc(&format!("http://{t}/")))))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+
+    let ex = Exporter::start_with(&config, &["--web.enable-probe"], &[]);
+    let body =
+        common::get_text(&ex.url(&format!("/probe?target={}", enc(&format!("http://{t}/ok")))))
+            .await;
+    assert!(
+        body.contains(&format!(
+            "probe_success{{site=\"probe\",url=\"http://{t}/ok\"}} 1"
+        )),
+        "{body}"
+    );
+    assert!(
+        !body.contains("process_"),
+        "only the probe's series: {body}"
+    );
+    // A module lends a site's settings and labels.
+    let body = common::get_text(&ex.url(&format!(
+        "/probe?module=acme%2Fshop&target={}",
+        enc(&format!("http://{t}/other"))
+    )))
+    .await;
+    assert!(body.contains("tenant=\"acme\""), "{body}");
+    // The network policy applies: no connection to a denied address.
+    let body = common::get_text(&ex.url(&format!(
+        "/probe?target={}",
+        enc(&format!("http://{denied}/"))
+    )))
+    .await;
+    assert!(body.contains("result=\"denied\"} 1"), "{body}");
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 0);
+    // Bad requests say why.
+    let r = reqwest::get(ex.url(&format!(
+        "/probe?target={}",
+        enc("http://u:pw@example.invalid/")
+    )))
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("credentials in the URL"));
+    assert_eq!(reqwest::get(ex.url("/probe")).await.unwrap().status(), 400);
+    // The debug view: the result as JSON.
+    let debug = common::get_text(&ex.url(&format!(
+        "/probe?debug=true&target={}",
+        enc(&format!("http://{t}/ok"))
+    )))
+    .await;
+    let doc: serde_json::Value = serde_json::from_str(&debug).unwrap();
+    assert_eq!(doc["result"]["result"], "success", "{debug}");
+}
