@@ -270,6 +270,12 @@ pub struct SiteJson<'a> {
     tls_insecure_skip_verify: bool,
     tls_server_name: Option<&'a str>,
     last_result: Option<ResultJson<'a>>,
+    /// Unix seconds of the last up/down change (what the status page shows as "since").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state_since: Option<f64>,
+    /// The last outcomes, oldest first, at most 32 (true = success).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    recent: Vec<bool>,
 }
 
 impl<'a> SiteJson<'a> {
@@ -306,7 +312,18 @@ impl<'a> SiteJson<'a> {
             tls_insecure_skip_verify: site.tls.insecure_skip_verify,
             tls_server_name: site.tls.server_name.as_deref(),
             last_result: last.map(ResultJson::new),
+            state_since: None,
+            recent: Vec::new(),
         }
+    }
+
+    /// Adds what the status page shows: the time of the last change and recent outcomes.
+    pub fn with_status(mut self, status: Option<&crate::metrics::SiteStatus>) -> Self {
+        if let Some(st) = status {
+            self.state_since = Some(crate::probe::unix_seconds(st.since));
+            self.recent = st.recent.clone();
+        }
+        self
     }
 }
 

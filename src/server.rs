@@ -271,24 +271,25 @@ fn site(app: &App, key: &str) -> Response<Body> {
             "application/json",
         );
     };
-    let last = app.metrics.sites.last(&key);
-    let body = serde_json::to_vec(&SiteJson::new(site, last.as_ref()))
+    let status = app.metrics.sites.status(&key);
+    let last = status.as_ref().map(|s| &s.last);
+    let body = serde_json::to_vec(&SiteJson::new(site, last).with_status(status.as_ref()))
         .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}").into_bytes());
     json(StatusCode::OK, body, "application/json")
 }
 
 fn sites(app: &App) -> Response<Body> {
     let config = app.current().unwrap_or_default();
-    let last: Vec<_> = config
+    let status: Vec<_> = config
         .sites
         .iter()
-        .map(|s| app.metrics.sites.last(&s.key()))
+        .map(|s| app.metrics.sites.status(&s.key()))
         .collect();
     let list: Vec<SiteJson> = config
         .sites
         .iter()
-        .zip(&last)
-        .map(|(s, l)| SiteJson::new(s, l.as_ref()))
+        .zip(&status)
+        .map(|(s, st)| SiteJson::new(s, st.as_ref().map(|st| &st.last)).with_status(st.as_ref()))
         .collect();
     // The shard tells a keeper which sites of a shared database are this replica's to mark
     // removed; another shard's sites are not in this list but not gone either.

@@ -21,6 +21,8 @@ pub struct Query {
     pub tenant: Option<String>,
     /// 1-based page.
     pub page: usize,
+    /// Group by this label instead of by tenant.
+    pub group: Option<String>,
 }
 
 impl Query {
@@ -29,11 +31,13 @@ impl Query {
         let mut q = Query {
             tenant: None,
             page: 1,
+            group: None,
         };
         for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
             match k.as_ref() {
                 "tenant" => q.tenant = Some(v.into_owned()),
                 "page" => q.page = v.parse().unwrap_or(1).max(1),
+                "group" if !v.is_empty() => q.group = Some(v.into_owned()),
                 _ => {}
             }
         }
@@ -101,19 +105,31 @@ pub fn render(sites: &[std::sync::Arc<Site>], table: &SiteTable, q: &Query) -> S
         None => 1,
         Some(_) => 2,
     };
-    let troubled: std::collections::HashSet<Option<&str>> = rows
+    // The group of a site: its tenant, or with `?group=LABEL` that label's value.
+    let group_of = |s: &Site| -> Option<String> {
+        match &q.group {
+            None => s.tenant.clone(),
+            Some(label) => s
+                .labels
+                .iter()
+                .find(|(k, _)| k == label)
+                .map(|(_, v)| v.clone()),
+        }
+    };
+    let troubled: std::collections::HashSet<Option<String>> = rows
         .iter()
         .filter(|(_, st)| rank(st) == 0)
-        .map(|(s, _)| s.tenant.as_deref())
+        .map(|(s, _)| group_of(s))
         .collect();
     rows.sort_by(|(a, sa), (b, sb)| {
         let key = |s: &Site, st: &Option<SiteStatus>| {
-            let t = s.tenant.as_deref();
+            let g = group_of(s);
             (
-                !troubled.contains(&t),
-                t.is_none(),
-                t.map(str::to_string),
+                !troubled.contains(&g),
+                g.is_none(),
+                g,
                 rank(st),
+                s.tenant.clone(),
                 s.id.clone(),
             )
         };
@@ -162,23 +178,42 @@ pub fn render(sites: &[std::sync::Arc<Site>], table: &SiteTable, q: &Query) -> S
         }
         h.push_str("</nav>");
     }
+
+    let mut labels: Vec<&str> = sites
+        .iter()
+        .flat_map(|s| s.labels.iter().map(|(k, _)| k.as_str()))
+        .collect();
+    labels.sort_unstable();
+    labels.dedup();
+    if !labels.is_empty() {
+        h.push_str("<nav aria-label=\"Grouping\">Group by: <a href=\"/\">tenant</a>");
+        for l in &labels {
+            let _ = write!(h, "<a href=\"/?group={}\">{}</a>", esc(l), esc(l));
+        }
+        h.push_str("</nav>");
+    }
     h.push_str("</header><main>");
 
-    let mut current: Option<Option<&str>> = None;
+    let mut current: Option<Option<String>> = None;
     for (site, st) in shown {
-        let tenant = site.tenant.as_deref();
-        if current != Some(tenant) {
+        let group = group_of(site);
+        if current.as_ref() != Some(&group) {
             if current.is_some() {
                 h.push_str("</tbody></table></section>");
             }
-            current = Some(tenant);
-            let name = tenant.unwrap_or("Sites without a tenant");
+            let name = match (&q.group, &group) {
+                (None, Some(t)) => t.clone(),
+                (None, None) => "Sites without a tenant".to_string(),
+                (Some(l), Some(v)) => format!("{l}: {v}"),
+                (Some(l), None) => format!("No {l} label"),
+            };
+            current = Some(group);
             let _ = write!(
                 h,
                 "<section><h2>{}</h2><table><thead><tr><th scope=\"col\">Site</th><th scope=\"col\">Status</th>\
                  <th scope=\"col\">Latency</th><th scope=\"col\" class=\"wide\">Recent</th><th scope=\"col\">Since</th>\
                  <th scope=\"col\" class=\"wide\">Certificate</th><th scope=\"col\">Last error</th></tr></thead><tbody>",
-                esc(name)
+                esc(&name)
             );
         }
         let _ = write!(
@@ -289,7 +324,8 @@ mod tests {
             Query::parse(Some("tenant=acme%20co&page=3")),
             Query {
                 tenant: Some("acme co".into()),
-                page: 3
+                page: 3,
+                group: None
             }
         );
         assert_eq!(Query::parse(Some("page=0")).page, 1);
@@ -297,8 +333,13 @@ mod tests {
             Query::parse(None),
             Query {
                 tenant: None,
-                page: 1
+                page: 1,
+                group: None
             }
+        );
+        assert_eq!(
+            Query::parse(Some("group=team")).group.as_deref(),
+            Some("team")
         );
     }
 }

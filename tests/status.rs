@@ -18,7 +18,7 @@ async fn status_page_shows_down_sites_first_and_filters_by_tenant() {
     }));
     let ex = Exporter::start(&format!(
         "defaults: {{ interval: 1s, timeout: 800ms }}\nsites:\n\
-         \x20 - id: shop\n    url: http://{t}/ok\n    tenant: acme\n\
+         \x20 - id: shop\n    url: http://{t}/ok\n    tenant: acme\n    labels: {{ team: web }}\n\
          \x20 - id: api\n    url: http://{t}/fail\n"
     ));
     ex.probed_all(&["shop", "api"]).await;
@@ -44,12 +44,26 @@ async fn status_page_shows_down_sites_first_and_filters_by_tenant() {
     let html = common::get_text(&ex.url("/?tenant=acme")).await;
     assert!(html.contains("All 1 sites up"), "{html}");
     assert!(!html.contains(">api</a>"), "{html}");
+    // Grouped by a label instead of the tenant: the group with a site down comes first.
+    let html = common::get_text(&ex.url("/?group=team")).await;
+    let (none, web) = (
+        html.find("<h2>No team label</h2>").expect(&html),
+        html.find("<h2>team: web</h2>").expect(&html),
+    );
+    assert!(none < web, "{html}");
 
     let doc: serde_json::Value =
         serde_json::from_str(&common::get_text(&ex.url("/api/v1/sites/acme/shop")).await).unwrap();
     assert_eq!(doc["id"], "shop");
     assert_eq!(doc["tenant"], "acme");
     assert_eq!(doc["last_result"]["success"], true);
+    // What the page shows is in the JSON too: the last change and the recent outcomes.
+    assert!(doc["state_since"].as_f64().unwrap() > 1.7e9, "{doc}");
+    let recent = doc["recent"].as_array().unwrap();
+    assert!(
+        !recent.is_empty() && recent.iter().all(|v| v == true),
+        "{doc}"
+    );
     let r = reqwest::get(ex.url("/api/v1/sites/nope")).await.unwrap();
     assert_eq!(r.status(), 404);
 }
