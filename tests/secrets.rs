@@ -187,6 +187,8 @@ async fn planted_secrets_stay_out_of_every_output() {
             .await,
         ),
         ("/api/v1/sites", get(ex.url("/api/v1/sites"), "*/*").await),
+        ("/api/v1/sites/basic", get(ex.url("/api/v1/sites/basic"), "*/*").await),
+        ("status page", get(ex.url("/"), "text/html").await),
         (
             "/api/v1/results",
             get(ex.url("/api/v1/results?after=0"), "*/*").await,
