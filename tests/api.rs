@@ -4,20 +4,11 @@ mod common;
 
 use std::net::SocketAddr;
 
-use common::{loopback, Exporter};
+use common::Exporter;
 use serde_json::Value;
-use sitewatch::demo::{respond, serve_target};
 
 async fn target() -> SocketAddr {
-    let listener = loopback([127, 0, 0, 1]).await;
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(serve_target(listener, None, |req| async move {
-        match req.uri().path() {
-            "/ok" => respond(200, "fine"),
-            _ => respond(500, "broken"),
-        }
-    }));
-    addr
+    common::ok_or_fail_target(500).await
 }
 
 struct Page {

@@ -203,16 +203,11 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     );
     let ex = Exporter::start_with(&config, &["--location", "lab"], &[]);
     let db = fixtures.path().join("keeper.db");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sitewatch"));
-    cmd.args(["keeper", "--source", &format!("http://{}", ex.addr)])
-        .args(["--database-url", &format!("sqlite://{}", db.display())])
-        .args([
-            "--web.listen-address",
-            "127.0.0.1:0",
-            "--sites.interval",
-            "1s",
-        ]);
-    let keeper = Exporter::spawn(cmd, tempfile::tempdir().unwrap());
+    let keeper = common::keeper(
+        &format!("http://{}", ex.addr),
+        &format!("sqlite://{}", db.display()),
+        &[],
+    );
 
     // Prometheus scraping both every second.
     let prom_dir = tempfile::tempdir().unwrap();

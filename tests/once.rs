@@ -4,19 +4,8 @@ mod common;
 
 use std::process::Command;
 
-use common::loopback;
-use sitewatch::demo::{respond, serve_target};
-
 async fn target() -> std::net::SocketAddr {
-    let listener = loopback([127, 0, 0, 1]).await;
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(serve_target(listener, None, |req| async move {
-        match req.uri().path() {
-            "/ok" => respond(200, "fine"),
-            _ => respond(503, "down"),
-        }
-    }));
-    addr
+    common::ok_or_fail_target(503).await
 }
 
 /// Runs `sitewatch once` on `config` off the test's runtime (the targets live on it).

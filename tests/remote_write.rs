@@ -16,15 +16,7 @@ use sitewatch::remote_write::proto::{self, WriteRequest};
 
 /// A target answering 200 on `/ok` and 500 elsewhere.
 async fn target() -> std::net::SocketAddr {
-    let listener = loopback([127, 0, 0, 1]).await;
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(serve_target(listener, None, |req| async move {
-        match req.uri().path() {
-            "/ok" => respond(200, "fine"),
-            _ => respond(500, "broken"),
-        }
-    }));
-    addr
+    common::ok_or_fail_target(500).await
 }
 
 /// Runs `sitewatch once --output json` off the test's runtime (the targets live on it).

@@ -77,17 +77,11 @@ async fn planted_secrets_stay_out_of_every_output() {
     .env("PROBE_TOKEN", &token);
     let ex = Exporter::spawn(cmd, ex_dir);
     let db = dir.path().join("keeper.db");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sitewatch"));
-    cmd.args(["keeper", "--source", &format!("http://{}", ex.addr)])
-        .args(["--database-url", &format!("sqlite://{}", db.display())])
-        .args([
-            "--web.listen-address",
-            "127.0.0.1:0",
-            "--sites.interval",
-            "1s",
-        ])
-        .args(["--log.level", "trace"]);
-    let keeper = Exporter::spawn(cmd, tempfile::tempdir().unwrap());
+    let keeper = common::keeper(
+        &format!("http://{}", ex.addr),
+        &format!("sqlite://{}", db.display()),
+        &["--log.level", "trace"],
+    );
 
     ex.wait_for("probes of both sites and a push", |s| {
         let probed = s.probes("basic", "success") >= 2.0 && s.probes("bearer", "success") >= 2.0;
@@ -187,7 +181,10 @@ async fn planted_secrets_stay_out_of_every_output() {
             .await,
         ),
         ("/api/v1/sites", get(ex.url("/api/v1/sites"), "*/*").await),
-        ("/api/v1/sites/basic", get(ex.url("/api/v1/sites/basic"), "*/*").await),
+        (
+            "/api/v1/sites/basic",
+            get(ex.url("/api/v1/sites/basic"), "*/*").await,
+        ),
         ("status page", get(ex.url("/"), "text/html").await),
         (
             "/api/v1/results",

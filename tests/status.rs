@@ -119,7 +119,7 @@ async fn probe_endpoint_only_when_enabled_and_always_under_the_network_policy() 
     // Bad requests say why.
     let r = reqwest::get(ex.url(&format!(
         "/probe?target={}",
-        enc("http://u:pw@example.invalid/")
+        enc("http://u:pw@127.0.0.1:9/")
     )))
     .await
     .unwrap();

@@ -323,6 +323,23 @@ fn parse_labels(s: &str) -> BTreeMap<String, String> {
     out
 }
 
+/// A target on 127.0.0.1: `/ok` answers 200 `fine`, every other path `fail_status`.
+pub async fn ok_or_fail_target(fail_status: u16) -> SocketAddr {
+    let listener = loopback([127, 0, 0, 1]).await;
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(sitewatch::demo::serve_target(
+        listener,
+        None,
+        move |req| async move {
+            match req.uri().path() {
+                "/ok" => sitewatch::demo::respond(200, "fine"),
+                _ => sitewatch::demo::respond(fail_status, "broken"),
+            }
+        },
+    ));
+    addr
+}
+
 /// Binds 127.0.0.1:0 (or another loopback address).
 pub async fn loopback(ip: [u8; 4]) -> TcpListener {
     TcpListener::bind(SocketAddr::from((Ipv4Addr::from(ip), 0)))
