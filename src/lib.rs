@@ -56,6 +56,15 @@ use crate::metrics::Metrics;
 use crate::probe::Prober;
 use crate::scheduler::Scheduler;
 
+/// Called after each configuration load: the binary sets it to return the allocator's
+/// retained memory to the system (the library itself does no unsafe calls).
+static MEMORY_TRIM: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Sets the function run after each configuration load to give freed memory back.
+pub fn set_memory_trim(f: fn()) {
+    let _ = MEMORY_TRIM.set(f);
+}
+
 /// The `User-Agent` probes send unless a site sets its own.
 pub const USER_AGENT: &str = concat!("sitewatch/", env!("CARGO_PKG_VERSION"));
 
@@ -254,14 +263,21 @@ impl App {
     /// Loads the configuration again and applies it; a bad one leaves the running one in place.
     /// Returns the number of sites. (`SIGHUP`, `POST /-/reload` and start-up.)
     pub fn reload(&self) -> Result<usize, RunError> {
-        self.load(true)
-            .unwrap_or_else(|| unreachable!("a forced load always loads"))
+        let loaded = self
+            .load(true)
+            .unwrap_or_else(|| unreachable!("a forced load always loads"));
+        trim_memory();
+        loaded
     }
 
     /// Reloads only when the config files' text changed since the last attempt: the file
     /// watcher calls this for every burst of events, most of which change nothing.
     pub fn reload_if_changed(&self) -> Option<Result<usize, RunError>> {
-        self.load(false)
+        let loaded = self.load(false);
+        if loaded.is_some() {
+            trim_memory();
+        }
+        loaded
     }
 
     fn load(&self, force: bool) -> Option<Result<usize, RunError>> {
@@ -333,6 +349,14 @@ fn refuse_site_overrides(config: &Config) -> Result<(), RunError> {
         Ok(())
     } else {
         Err(RunError::Config(LoadError::Invalid(errors)))
+    }
+}
+
+/// A load frees a whole parsed configuration (the YAML tree, the old sites) at once: give it
+/// back rather than keep it for reuse.
+fn trim_memory() {
+    if let Some(trim) = MEMORY_TRIM.get() {
+        trim();
     }
 }
 
