@@ -131,6 +131,9 @@ pub enum Command {
     CheckConfig {
         /// Config file, or directory of *.yaml files.
         path: PathBuf,
+        /// Accept sites' own `network` exceptions, as `run --network.site-overrides` does.
+        #[arg(long = "network.site-overrides")]
+        site_overrides: bool,
     },
     /// Probe every site once, print a report, exit 0 only if every site passed.
     Once {
@@ -236,7 +239,10 @@ pub fn main() -> ExitCode {
 
 async fn dispatch(command: Command) -> ExitCode {
     match command {
-        Command::CheckConfig { path } => check_config(&path),
+        Command::CheckConfig {
+            path,
+            site_overrides,
+        } => check_config(&path, site_overrides),
         Command::Run { config, serve } => serve_exporter(config, serve).await,
         Command::Once {
             config,
@@ -402,8 +408,17 @@ async fn healthcheck(url: &str) -> ExitCode {
     }
 }
 
-fn check_config(path: &std::path::Path) -> ExitCode {
-    match config::load_path(path, &SystemSecrets) {
+fn check_config(path: &std::path::Path, site_overrides: bool) -> ExitCode {
+    let loaded = config::load_path(path, &SystemSecrets).and_then(|c| {
+        if site_overrides {
+            return Ok(c);
+        }
+        match crate::refuse_site_overrides(&c) {
+            Err(crate::RunError::Config(e)) => Err(e),
+            _ => Ok(c),
+        }
+    });
+    match loaded {
         Ok(c) => {
             println!("{}: OK, {} sites", path.display(), c.sites.len());
             ExitCode::SUCCESS

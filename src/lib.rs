@@ -331,8 +331,9 @@ impl App {
     }
 }
 
-/// Sites with their own `network` exceptions, when the operator did not allow them.
-fn refuse_site_overrides(config: &Config) -> Result<(), RunError> {
+/// Sites with their own `network` exceptions, when the operator did not allow them
+/// (`run` without `--network.site-overrides`, and `check-config` the same way).
+pub fn refuse_site_overrides(config: &Config) -> Result<(), RunError> {
     let errors: Vec<config::ConfigError> = config
         .sites
         .iter()

@@ -476,6 +476,21 @@ async fn a_site_may_have_network_exceptions_only_when_the_operator_allows_them()
         ),
         "{err}"
     );
+    // check-config judges the same way, and accepts it with the same flag.
+    let dir = tempfile::tempdir().unwrap();
+    let path = common::write_file(dir.path(), "sites.yaml", &config);
+    let check = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sitewatch"))
+            .arg("check-config")
+            .arg(&path)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = check(&[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("field `network`"));
+    assert!(check(&["--network.site-overrides"]).status.success());
     // With it, the exception opens the denied address for that site only.
     let ex = Exporter::start_with(&config, &["--network.site-overrides"], &[]);
     let s = ex.probed_all(&["excepted", "plain"]).await;
