@@ -160,6 +160,31 @@ pub struct ProbeResult {
 }
 
 impl ProbeResult {
+    /// A result for unit tests: `class`, started at `started_at`, taking `duration`; status
+    /// 200 on success and 0 otherwise, everything else empty.
+    #[cfg(test)]
+    pub(crate) fn for_test(class: ResultClass, started_at: SystemTime, duration: Duration) -> Self {
+        ProbeResult {
+            started_at,
+            duration,
+            class,
+            error: None,
+            phases: Phases::default(),
+            status_code: if class == ResultClass::Success {
+                200
+            } else {
+                0
+            },
+            content_length: 0,
+            redirects: 0,
+            ssl: false,
+            http_version: 1.1,
+            cert_expiry: None,
+            failed_due_to_regex: false,
+            address: None,
+        }
+    }
+
     /// Whether every check passed.
     pub fn success(&self) -> bool {
         self.class == ResultClass::Success

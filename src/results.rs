@@ -352,19 +352,12 @@ mod tests {
 
     fn result() -> ProbeResult {
         ProbeResult {
-            started_at: SystemTime::UNIX_EPOCH,
-            duration: Duration::from_millis(5),
-            class: crate::probe::ResultClass::Success,
-            error: None,
-            phases: Default::default(),
-            status_code: 200,
             content_length: 2,
-            redirects: 0,
-            ssl: false,
-            http_version: 1.1,
-            cert_expiry: None,
-            failed_due_to_regex: false,
-            address: None,
+            ..ProbeResult::for_test(
+                crate::probe::ResultClass::Success,
+                SystemTime::UNIX_EPOCH,
+                Duration::from_millis(5),
+            )
         }
     }
 

@@ -163,12 +163,7 @@ async fn sites_api_shows_configuration_and_last_result_without_secrets() {
         &[("PLANTED", "planted-token-77")],
     );
     ex.probed_all(&["secret", "token"]).await;
-    let body = reqwest::get(ex.url("/api/v1/sites"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = common::get_text(&ex.url("/api/v1/sites")).await;
     for planted in ["planted-password-42", "planted-key-99", "planted-token-77"] {
         assert!(!body.contains(planted), "{planted} leaked: {body}");
     }
@@ -193,12 +188,7 @@ async fn sites_api_shows_configuration_and_last_result_without_secrets() {
     assert_eq!(secret["last_result"]["result"], "success");
     assert_eq!(sites[1]["auth"], "bearer");
     // Nor in any record of the result stream.
-    let stream = reqwest::get(ex.url("/api/v1/results?after=0"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let stream = common::get_text(&ex.url("/api/v1/results?after=0")).await;
     for planted in ["planted-password-42", "planted-key-99", "planted-token-77"] {
         assert!(!stream.contains(planted), "{planted} leaked into results");
     }

@@ -252,22 +252,8 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     let client = reqwest::Client::new();
     ex.probed_all(&["up", "down", "maintenance", "tls-flaky"])
         .await;
-    let mut exported = exposition(
-        &reqwest::get(ex.url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    );
-    exported.extend(exposition(
-        &reqwest::get(keeper.url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    ));
+    let mut exported = exposition(&common::get_text(&ex.url("/metrics")).await);
+    exported.extend(exposition(&common::get_text(&keeper.url("/metrics")).await));
 
     let mut all = Vec::new();
     for file in ["overview.json", "site.json", "exporter.json"] {

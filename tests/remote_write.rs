@@ -510,12 +510,7 @@ async fn remote_write_metrics_pass_promtool() {
         .filter(|v| *v > 0.0)
     })
     .await;
-    let text = reqwest::get(ex.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::get_text(&ex.url("/metrics")).await;
     let mut child = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())

@@ -80,15 +80,8 @@ async fn three_replicas_probe_every_site_exactly_once() {
     assert_eq!(ids, ids1);
 
     // /api/v1/sites lists the owned sites and says which shard this is.
-    let doc: serde_json::Value = serde_json::from_str(
-        &reqwest::get(replicas[2].url("/api/v1/sites"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let doc: serde_json::Value =
+        serde_json::from_str(&common::get_text(&replicas[2].url("/api/v1/sites")).await).unwrap();
     assert_eq!(doc["shard"], serde_json::json!({ "index": 2, "count": 3 }));
     let listed: BTreeSet<String> = doc["sites"]
         .as_array()

@@ -24,26 +24,16 @@ fn config(text: &str) -> Config {
 
 fn result(class: ResultClass, ms: u64) -> ProbeResult {
     ProbeResult {
-        started_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
-        duration: Duration::from_millis(ms),
-        class,
-        error: None,
         phases: Phases {
             connect: Duration::from_millis(1),
             ..Phases::default()
         },
-        status_code: if class == ResultClass::Success {
-            200
-        } else {
-            0
-        },
         content_length: 4096,
-        redirects: 0,
-        ssl: false,
-        http_version: 1.1,
-        cert_expiry: None,
-        failed_due_to_regex: false,
-        address: None,
+        ..ProbeResult::for_test(
+            class,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+            Duration::from_millis(ms),
+        )
     }
 }
 
