@@ -18,7 +18,12 @@ use serde::Deserialize;
 use serde_norway::Value;
 use url::Url;
 
+use crate::checks::{AddressMode, Checks};
 use crate::tls::{self, TlsSettings};
+
+mod checks;
+use crate::checks::Compression;
+use checks::{take_checks, with_check_fields, RawHeaderCheck};
 
 /// Label names a site may not set itself: the exporter sets them.
 const RESERVED_LABELS: &[&str] = &[
@@ -133,16 +138,42 @@ pub enum Auth {
 }
 
 /// Which address family to probe.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
 pub enum IpVersion {
-    /// The first address the resolver returns.
+    /// Addresses in the resolver's order (IPv6 asked for only when there is no IPv4 address,
+    /// unless every address is probed).
     #[default]
     Auto,
     /// IPv4 addresses only.
     Ipv4,
     /// IPv6 addresses only.
     Ipv6,
+    /// Both families, IPv4 first (blackbox_exporter's `preferred_ip_protocol: ip4` with
+    /// `ip_protocol_fallback`).
+    PreferIpv4,
+    /// Both families, IPv6 first.
+    PreferIpv6,
+}
+
+impl IpVersion {
+    /// Whether an address of this family may be probed.
+    pub fn admits(self, ip: &std::net::IpAddr) -> bool {
+        match self {
+            IpVersion::Ipv4 => ip.is_ipv4(),
+            IpVersion::Ipv6 => ip.is_ipv6(),
+            _ => true,
+        }
+    }
+
+    /// The family's name in messages.
+    pub fn family(self) -> &'static str {
+        match self {
+            IpVersion::Ipv4 => "IPv4",
+            IpVersion::Ipv6 => "IPv6",
+            _ => "IP",
+        }
+    }
 }
 
 /// Which resolver turns names into addresses.
@@ -248,8 +279,11 @@ pub struct MetricsSettings {
     pub phases: bool,
     /// `sitewatch_probe_duration_seconds` histogram.
     pub histogram: bool,
-    /// Upper bounds of the histogram's buckets, in seconds.
-    pub histogram_buckets: Vec<f64>,
+    /// Upper bounds of the histogram's buckets, in seconds (sites may set their own).
+    pub histogram_buckets: Arc<[f64]>,
+    /// `probe_tls_version_info`, `probe_ssl_last_chain_info` and
+    /// `probe_ssl_last_chain_expiry_timestamp_seconds` (3 series a TLS site).
+    pub tls_details: bool,
 }
 
 impl Default for MetricsSettings {
@@ -257,7 +291,9 @@ impl Default for MetricsSettings {
         Self {
             phases: true,
             histogram: true,
-            histogram_buckets: vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+            // Internet latencies: 25 ms (same region) to 10 s (a struggling site).
+            histogram_buckets: Arc::from([0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            tls_details: true,
         }
     }
 }
@@ -317,6 +353,18 @@ pub struct Site {
     pub regex: Option<Pattern>,
     /// Body must not match.
     pub regex_absent: Option<Pattern>,
+    /// Header, JSON, protocol, encoding and time checks.
+    pub checks: Checks,
+    /// Which of the name's addresses are probed.
+    pub addresses: AddressMode,
+    /// Address family preference, if the site overrides `network.ip_version`.
+    pub ip_version: Option<IpVersion>,
+    /// Consecutive failures before `sitewatch_site_up` turns 0.
+    pub failure_threshold: u32,
+    /// Consecutive successes before `sitewatch_site_up` turns 1 again.
+    pub success_threshold: u32,
+    /// The site's own histogram buckets, if it overrides `metrics.histogram_buckets`.
+    pub histogram_buckets: Option<Arc<[f64]>>,
     /// The file this site came from.
     pub source: PathBuf,
 }
@@ -362,6 +410,7 @@ struct RawFile {
     sites: Option<Vec<Value>>,
 }
 
+with_check_fields! {
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDefaults {
@@ -375,6 +424,7 @@ struct RawDefaults {
     headers: Option<BTreeMap<String, String>>,
     tls: Option<RawTls>,
     proxy: Option<String>,
+}
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -422,8 +472,10 @@ struct RawMetrics {
     phases: Option<bool>,
     histogram: Option<bool>,
     histogram_buckets: Option<Vec<f64>>,
+    tls_details: Option<bool>,
 }
 
+with_check_fields! {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSite {
@@ -449,6 +501,7 @@ struct RawSite {
     follow_redirects: Option<bool>,
     max_redirects: Option<u32>,
     max_body_bytes: Option<Value>,
+}
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -582,9 +635,10 @@ pub fn parse_sources(
         if let Some(m) = raw.metrics {
             config.metrics = ctx.metrics(m);
         }
-        let defaults = raw.defaults.unwrap_or_default();
+        let mut defaults = raw.defaults.unwrap_or_default();
+        let default_checks = take_checks!(defaults);
         let default_errors = ctx.errors.len();
-        ctx.check_defaults(&defaults);
+        ctx.check_defaults(&defaults, &default_checks);
         if ctx.errors.len() > default_errors {
             // Every site would repeat the same error; report it once.
             continue;
@@ -604,7 +658,14 @@ pub fn parse_sources(
             continue;
         }
         for (index, value) in sites.into_iter().enumerate() {
-            let Some(site) = ctx.site(index, value, &defaults, secrets, &mut tls_cache) else {
+            let Some(site) = ctx.site(
+                index,
+                value,
+                &defaults,
+                &default_checks,
+                secrets,
+                &mut tls_cache,
+            ) else {
                 continue;
             };
             let line = ctx.site_field_line(index, "id");
@@ -1175,32 +1236,30 @@ impl Ctx<'_> {
         let mut m = MetricsSettings::default();
         m.phases = raw.phases.unwrap_or(m.phases);
         m.histogram = raw.histogram.unwrap_or(m.histogram);
+        m.tls_details = raw.tls_details.unwrap_or(m.tls_details);
         if let Some(b) = raw.histogram_buckets {
-            let sorted = b.windows(2).all(|w| w[0] < w[1]);
-            if b.is_empty() || !sorted || b.iter().any(|v| !v.is_finite() || *v <= 0.0) {
+            if let Err(e) = checks::check_buckets(&b) {
                 let line = self
                     .section("metrics")
                     .and_then(|(s, e)| line_of_key(&self.lines, s, e, "histogram_buckets"));
-                self.push(
-                    line,
-                    None,
-                    Some("metrics.histogram_buckets"),
-                    "must be a non-empty list of increasing positive numbers",
-                );
+                self.push(line, None, Some("metrics.histogram_buckets"), e);
             } else {
-                m.histogram_buckets = b;
+                m.histogram_buckets = b.into();
             }
         }
         m
     }
 
-    fn check_defaults(&mut self, d: &RawDefaults) {
+    fn check_defaults(&mut self, d: &RawDefaults, checks: &checks::RawChecks) {
         let report = |ctx: &mut Self, field: &str, r: Result<(), String>| {
             if let Err(e) = r {
                 let line = ctx.defaults_field_line(field);
                 ctx.push(line, None, Some(&format!("defaults.{field}")), e);
             }
         };
+        self.checks(checks.clone(), &|ctx: &mut Self, field: &str, e: String| {
+            report(ctx, field, Err(e))
+        });
         if let Some(v) = &d.interval {
             report(self, "interval", parse_duration(v).map(drop));
         }
@@ -1232,6 +1291,7 @@ impl Ctx<'_> {
         index: usize,
         value: Value,
         defaults: &RawDefaults,
+        default_checks: &checks::RawChecks,
         secrets: &dyn Secrets,
         tls_cache: &mut tls::ClientCache,
     ) -> Option<Site> {
@@ -1241,7 +1301,7 @@ impl Ctx<'_> {
             .map(str::to_string)
             .unwrap_or_else(|| format!("#{}", index + 1));
         let mut track = serde_path_to_error::Track::new();
-        let raw =
+        let mut raw =
             match RawSite::deserialize(serde_path_to_error::Deserializer::new(value, &mut track)) {
                 Ok(raw) => raw,
                 Err(e) => {
@@ -1294,24 +1354,13 @@ impl Ctx<'_> {
             }
         };
         let compile = |ctx: &mut Self, field: &str, src: Option<String>| {
-            // The regex crate matches in linear time; the size limits bound what one site's
-            // pattern may cost in memory (a "regex bomb" such as `(a{1000}){1000}` is refused).
-            src.and_then(|s| {
-                match regex::bytes::RegexBuilder::new(&s)
-                    .size_limit(REGEX_SIZE_LIMIT)
-                    .dfa_size_limit(REGEX_SIZE_LIMIT)
-                    .build()
-                {
-                    Ok(r) => Some(Pattern(r)),
-                    Err(e) => {
-                        err(ctx, field, format!("invalid regex: {e}"));
-                        None
-                    }
-                }
-            })
+            checks::compile_pattern(&src?)
+                .map_err(|e| err(ctx, field, e))
+                .ok()
         };
         let regex = compile(self, "regex", raw.regex);
         let regex_absent = compile(self, "regex_absent", raw.regex_absent);
+        let site_checks = self.checks(take_checks!(raw).or(default_checks), &err);
 
         if let Some(t) = &raw.tenant {
             if !valid_id(t) {
@@ -1403,6 +1452,33 @@ impl Ctx<'_> {
             Some(p) => parse_proxy_url(p).map_err(|e| err(self, "proxy", e)).ok(),
             None => None,
         };
+        if let Some(c) = site_checks.checks.compression {
+            if !headers.contains_key(http::header::ACCEPT_ENCODING) {
+                headers.insert(
+                    http::header::ACCEPT_ENCODING,
+                    HeaderValue::from_static(c.token()),
+                );
+            }
+        }
+        if proxy.is_some() && site_checks.addresses != AddressMode::First {
+            err(
+                self,
+                "addresses",
+                "only `first` works with a proxy: the proxy resolves the site's name".into(),
+            );
+        }
+        if let (Some(max), Some(t)) = (site_checks.checks.max_duration, timeout) {
+            if max > t {
+                err(
+                    self,
+                    "max_duration",
+                    format!(
+                        "{} is longer than timeout {timeout_s}: a probe that slow times out",
+                        humantime::format_duration(max)
+                    ),
+                );
+            }
+        }
 
         let auth = self.auth(
             secrets,
@@ -1463,6 +1539,12 @@ impl Ctx<'_> {
             max_body_bytes,
             regex,
             regex_absent,
+            checks: site_checks.checks,
+            addresses: site_checks.addresses,
+            ip_version: site_checks.ip_version,
+            failure_threshold: site_checks.failure_threshold,
+            success_threshold: site_checks.success_threshold,
+            histogram_buckets: site_checks.histogram_buckets,
             source: self.file.to_path_buf(),
         })
     }

@@ -24,9 +24,11 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod checks;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod jsoncheck;
 pub mod keeper;
 pub mod metrics;
 pub mod once;

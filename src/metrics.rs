@@ -68,6 +68,42 @@ struct SiteState {
     history: u32,
     /// How many bits of `history` are real (at most 32).
     history_len: u8,
+    /// Upper bounds of `buckets` (the site's own, or the global default).
+    bounds: Arc<[f64]>,
+    /// Whether `bounds` are the site's own rather than `metrics.histogram_buckets`.
+    own_bounds: bool,
+    /// The confirmed state, `sitewatch_site_up`: changes only after `failure_threshold`
+    /// failures or `success_threshold` successes in a row. Starts up.
+    up: bool,
+    /// Consecutive probes that disagree with `up`.
+    streak: u32,
+    /// `failure_threshold` and `success_threshold`.
+    thresholds: (u32, u32),
+}
+
+impl SiteState {
+    fn set_bounds(&mut self, bounds: Arc<[f64]>, own: bool) {
+        self.buckets = vec![0; bounds.len() + 1];
+        self.sum = 0.0;
+        self.bounds = bounds;
+        self.own_bounds = own;
+    }
+
+    /// Counts a probe toward the confirmed state: it flips after enough probes in a row
+    /// disagree with it.
+    fn confirm(&mut self, success: bool) {
+        if success == self.up {
+            self.streak = 0;
+            return;
+        }
+        self.streak += 1;
+        let (failures, successes) = self.thresholds;
+        let needed = if self.up { failures } else { successes };
+        if self.streak >= needed {
+            self.up = success;
+            self.streak = 0;
+        }
+    }
 }
 
 /// What the status page shows of a site.
@@ -119,43 +155,61 @@ impl SiteTable {
         SiteLabels(labels)
     }
 
-    /// Replaces the optional-series settings (the histogram resets when its buckets change).
+    /// Replaces the optional-series settings (a histogram resets when its buckets change).
     pub fn set_settings(&self, settings: &MetricsSettings) {
         let mut current = self.settings.write().expect("settings lock");
         if current.histogram_buckets != settings.histogram_buckets {
             for s in self.sites.read().expect("sites lock").values() {
                 let mut st = s.state.lock().expect("site lock");
-                st.buckets = vec![0; settings.histogram_buckets.len() + 1];
-                st.sum = 0.0;
+                if !st.own_bounds {
+                    st.set_bounds(settings.histogram_buckets.clone(), false);
+                }
             }
         }
         *current = settings.clone();
     }
 
-    /// Starts exporting a site (or keeps its series if its labels did not change).
+    /// Starts exporting a site (or keeps its series if its labels did not change; a changed
+    /// bucket layout resets only its histogram).
     pub fn insert(&self, site: &Site) {
         let labels = self.labels_for(site);
         let key = site.key();
+        let (bounds, own) = match &site.histogram_buckets {
+            Some(b) => (b.clone(), true),
+            None => (
+                self.settings
+                    .read()
+                    .expect("settings lock")
+                    .histogram_buckets
+                    .clone(),
+                false,
+            ),
+        };
+        let thresholds = (site.failure_threshold, site.success_threshold);
         let mut sites = self.sites.write().expect("sites lock");
-        if sites.get(&key).is_some_and(|s| s.labels == labels) {
+        if let Some(s) = sites.get(&key).filter(|s| s.labels == labels) {
+            let mut st = s.state.lock().expect("site lock");
+            st.thresholds = thresholds;
+            if st.bounds != bounds {
+                st.set_bounds(bounds, own);
+            }
+            st.own_bounds = own;
             return;
         }
-        let buckets = self
-            .settings
-            .read()
-            .expect("settings lock")
-            .histogram_buckets
-            .len()
-            + 1;
         let state = SiteState {
             last: None,
             counts: [0; ResultClass::ALL.len()],
-            buckets: vec![0; buckets],
+            buckets: vec![0; bounds.len() + 1],
             sum: 0.0,
             finished_at: None,
             since: None,
             history: 0,
             history_len: 0,
+            bounds,
+            own_bounds: own,
+            up: true,
+            streak: 0,
+            thresholds,
         };
         sites.insert(
             key,
@@ -205,15 +259,13 @@ impl SiteTable {
             return;
         };
         let secs = result.duration.as_secs_f64();
-        let i = {
-            let settings = self.settings.read().expect("settings lock");
-            let bounds = &settings.histogram_buckets;
-            bounds
-                .iter()
-                .position(|b| secs <= *b)
-                .unwrap_or(bounds.len())
-        };
         let mut st = series.state.lock().expect("site lock");
+        let i = st
+            .bounds
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(st.bounds.len());
+        st.confirm(result.success());
         st.counts[result.class.index()] += 1;
         if let Some(b) = st.buckets.get_mut(i) {
             *b += 1;
@@ -271,8 +323,9 @@ impl SiteTable {
 pub struct PushSample {
     /// Metric name as stored by Prometheus.
     pub name: &'static str,
-    /// `phase`, `result` or `le`.
-    pub extra: Option<(&'static str, String)>,
+    /// Labels beyond the site's: `phase`, `result`, `le`, `address`, `version`, or the
+    /// certificate labels of `probe_ssl_last_chain_info`.
+    pub extra: Vec<(&'static str, String)>,
     /// The value.
     pub value: f64,
 }
@@ -316,49 +369,76 @@ impl SiteTable {
         let finished = st.finished_at?;
         let b = |v: bool| if v { 1.0 } else { 0.0 };
         let mut out = Vec::with_capacity(32);
-        let mut push = |name: &'static str, extra: Option<(&'static str, String)>, value: f64| {
+        let mut push = |name: &'static str, extra: Vec<(&'static str, String)>, value: f64| {
             out.push(PushSample { name, extra, value });
         };
-        push("probe_success", None, b(r.success()));
-        push("probe_duration_seconds", None, r.duration.as_secs_f64());
+        push("probe_success", vec![], b(r.success()));
+        push("probe_duration_seconds", vec![], r.duration.as_secs_f64());
         if settings.phases {
             for (phase, d) in r.phases.labeled() {
                 push(
                     "probe_http_duration_seconds",
-                    Some(("phase", phase.to_string())),
+                    vec![("phase", phase.to_string())],
                     d.as_secs_f64(),
                 );
             }
         }
-        push("probe_http_status_code", None, f64::from(r.status_code));
-        push("probe_http_content_length", None, r.content_length as f64);
-        push("probe_http_redirects", None, f64::from(r.redirects));
-        push("probe_http_ssl", None, b(r.ssl));
-        push("probe_http_version", None, r.http_version);
+        push("probe_http_status_code", vec![], f64::from(r.status_code));
+        push("probe_http_content_length", vec![], r.content_length as f64);
+        push("probe_http_redirects", vec![], f64::from(r.redirects));
+        push("probe_http_ssl", vec![], b(r.ssl));
+        push("probe_http_version", vec![], r.http_version);
         if let Some(t) = r.cert_expiry {
-            push("probe_ssl_earliest_cert_expiry", None, t as f64);
+            push("probe_ssl_earliest_cert_expiry", vec![], t as f64);
         }
-        push("probe_failed_due_to_regex", None, b(r.failed_due_to_regex));
+        push(
+            "probe_failed_due_to_regex",
+            vec![],
+            b(r.failed_due_to_regex),
+        );
+        if let Some(ip) = r.address {
+            push("probe_ip_protocol", vec![], ip_protocol(ip));
+        }
+        if settings.tls_details {
+            if let Some(v) = r.tls_version {
+                push(
+                    "probe_tls_version_info",
+                    vec![("version", v.to_string())],
+                    1.0,
+                );
+            }
+            if let Some(c) = &r.chain {
+                push("probe_ssl_last_chain_info", chain_labels(c), 1.0);
+                push(
+                    "probe_ssl_last_chain_expiry_timestamp_seconds",
+                    vec![],
+                    c.last_chain_expiry as f64,
+                );
+            }
+        }
+        if let Some(n) = r.uncompressed_length {
+            push("probe_http_uncompressed_body_length", vec![], n as f64);
+        }
         push(
             "probe_dns_lookup_time_seconds",
-            None,
+            vec![],
             r.phases.resolve.as_secs_f64(),
         );
         if settings.histogram {
             let mut cumulative = 0;
-            let bounds = settings.histogram_buckets.iter().copied();
+            let bounds = st.bounds.iter().copied();
             for (bound, n) in bounds.chain([f64::INFINITY]).zip(&st.buckets) {
                 cumulative += n;
                 push(
                     "sitewatch_probe_duration_seconds_bucket",
-                    Some(("le", bound_label(bound))),
+                    vec![("le", bound_label(bound))],
                     cumulative as f64,
                 );
             }
-            push("sitewatch_probe_duration_seconds_sum", None, st.sum);
+            push("sitewatch_probe_duration_seconds_sum", vec![], st.sum);
             push(
                 "sitewatch_probe_duration_seconds_count",
-                None,
+                vec![],
                 cumulative as f64,
             );
         }
@@ -369,13 +449,24 @@ impl SiteTable {
             }
             push(
                 "sitewatch_probes_total",
-                Some(("result", class.as_str().to_string())),
+                vec![("result", class.as_str().to_string())],
                 n as f64,
+            );
+        }
+        push("sitewatch_site_up", vec![], b(st.up));
+        for a in &r.addresses {
+            let address = vec![("address", a.ip.to_string())];
+            let ok = b(a.class == ResultClass::Success);
+            push("sitewatch_address_probe_success", address.clone(), ok);
+            push(
+                "sitewatch_address_probe_duration_seconds",
+                address,
+                a.duration.as_secs_f64(),
             );
         }
         push(
             "sitewatch_probe_last_timestamp_seconds",
-            None,
+            vec![],
             unix_seconds(finished),
         );
         let timestamp_ms = finished
@@ -388,6 +479,53 @@ impl SiteTable {
             samples: out,
         })
     }
+}
+
+/// `probe_ip_protocol`: 4 or 6, as blackbox_exporter reports it.
+fn ip_protocol(ip: std::net::IpAddr) -> f64 {
+    if ip.is_ipv4() {
+        4.0
+    } else {
+        6.0
+    }
+}
+
+/// The labels of `probe_ssl_last_chain_info`, named as blackbox_exporter names them.
+fn chain_labels(c: &crate::tls::ChainInfo) -> Vec<(&'static str, String)> {
+    vec![
+        ("fingerprint_sha256", c.fingerprint_sha256.clone()),
+        ("subject", c.subject.clone()),
+        ("issuer", c.issuer.clone()),
+        ("subjectalternative", c.subject_alternative.clone()),
+        ("serialnumber", c.serial_number.clone()),
+    ]
+}
+
+/// Encodes a gauge family whose series carry labels beyond the site's; `values` gives each
+/// site's `(labels, value)` pairs. Returns the series count.
+fn labeled_family(
+    encoder: &mut DescriptorEncoder,
+    snapshot: &Snapshot,
+    name: &str,
+    help: &str,
+    values: impl Fn(&SiteState) -> Vec<(Vec<(&'static str, String)>, f64)>,
+) -> Result<usize, std::fmt::Error> {
+    let mut rows = snapshot
+        .iter()
+        .flat_map(|(s, st)| values(st).into_iter().map(move |v| (s, v)))
+        .peekable();
+    if rows.peek().is_none() {
+        return Ok(0);
+    }
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    let mut n = 0;
+    for (site, (extra, v)) in rows {
+        family
+            .encode_family(&(&site.labels, extra))?
+            .encode_gauge(&v)?;
+        n += 1;
+    }
+    Ok(n)
 }
 
 type Snapshot = Vec<(Arc<SiteSeries>, SiteState)>;
@@ -523,6 +661,67 @@ impl prometheus_client::collector::Collector for SiteTable {
         series += gauge_family(
             e,
             s,
+            "probe_ip_protocol",
+            "IP protocol (4 or 6) of the address the last probe connected to.",
+            |st| st.last.as_ref().and_then(|r| r.address).map(ip_protocol),
+        )?;
+        if settings.tls_details {
+            series += labeled_family(
+                e,
+                s,
+                "probe_tls_version_info",
+                "TLS version of the last probe's last handshake.",
+                |st| {
+                    st.last
+                        .as_ref()
+                        .and_then(|r| r.tls_version)
+                        .map(|v| (vec![("version", v.to_string())], 1.0))
+                        .into_iter()
+                        .collect()
+                },
+            )?;
+            series += labeled_family(
+                e,
+                s,
+                "probe_ssl_last_chain_info",
+                "Leaf certificate of the last chain the server presented.",
+                |st| {
+                    st.last
+                        .as_ref()
+                        .and_then(|r| r.chain.as_ref())
+                        .map(|c| (chain_labels(c), 1.0))
+                        .into_iter()
+                        .collect()
+                },
+            )?;
+            series += gauge_family(
+                e,
+                s,
+                "probe_ssl_last_chain_expiry_timestamp_seconds",
+                "Unix time in seconds when the first certificate of the leaf's issuing path expires.",
+                |st| {
+                    st.last
+                        .as_ref()
+                        .and_then(|r| r.chain.as_ref())
+                        .map(|c| c.last_chain_expiry as f64)
+                },
+            )?;
+        }
+        series += gauge_family(
+            e,
+            s,
+            "probe_http_uncompressed_body_length",
+            "Length of the last probe's decoded body.",
+            |st| {
+                st.last
+                    .as_ref()
+                    .and_then(|r| r.uncompressed_length)
+                    .map(|n| n as f64)
+            },
+        )?;
+        series += gauge_family(
+            e,
+            s,
             "probe_dns_lookup_time_seconds",
             "DNS lookup time of the last probe in seconds.",
             |st| st.last.as_ref().map(|r| r.phases.resolve.as_secs_f64()),
@@ -537,8 +736,8 @@ impl prometheus_client::collector::Collector for SiteTable {
             )?;
             for (site, st) in s {
                 let count: u64 = st.buckets.iter().sum();
-                let buckets: Vec<(f64, u64)> = settings
-                    .histogram_buckets
+                let buckets: Vec<(f64, u64)> = st
+                    .bounds
                     .iter()
                     .copied()
                     .chain([f64::INFINITY])
@@ -571,6 +770,47 @@ impl prometheus_client::collector::Collector for SiteTable {
                 }
             }
         }
+        series += gauge_family(
+            e,
+            s,
+            "sitewatch_site_up",
+            "Confirmed state: 0 after failure_threshold failed probes in a row, 1 after success_threshold good ones.",
+            |st| st.last.as_ref().map(|_| b(st.up)),
+        )?;
+        series += labeled_family(
+            e,
+            s,
+            "sitewatch_address_probe_success",
+            "With addresses: all, whether the last probe of each address passed every check.",
+            |st| {
+                st.last.as_ref().map_or_else(Vec::new, |r| {
+                    r.addresses
+                        .iter()
+                        .map(|a| {
+                            let ok = b(a.class == ResultClass::Success);
+                            (vec![("address", a.ip.to_string())], ok)
+                        })
+                        .collect()
+                })
+            },
+        )?;
+        series += labeled_family(
+            e,
+            s,
+            "sitewatch_address_probe_duration_seconds",
+            "With addresses: all, wall time of the last probe of each address in seconds.",
+            |st| {
+                st.last.as_ref().map_or_else(Vec::new, |r| {
+                    r.addresses
+                        .iter()
+                        .map(|a| {
+                            let d = a.duration.as_secs_f64();
+                            (vec![("address", a.ip.to_string())], d)
+                        })
+                        .collect()
+                })
+            },
+        )?;
         series += gauge_family(
             e,
             s,

@@ -4,7 +4,7 @@
 //! request -> response headers -> body`, repeated for each redirect hop. Phase times add up
 //! over hops, as blackbox_exporter reports them.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
 use bytes::Bytes;
-use http::header::{HeaderValue, AUTHORIZATION, HOST, LOCATION};
+use http::header::{HeaderValue, AUTHORIZATION, CONTENT_ENCODING, HOST, LOCATION};
 use http::{Method, Request, Response, Version};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -22,6 +22,7 @@ use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use url::{Host, Url};
 
+use crate::checks::{self, AddressMode, Compression};
 use crate::config::{Auth, Network, Site};
 use crate::resolve::{Policy, ResolveError, Resolver};
 use crate::tls;
@@ -45,6 +46,20 @@ pub enum ResultClass {
     Regex,
     /// The body was longer than `max_body_bytes`.
     BodyTooLarge,
+    /// A `fail_if_header_matches` / `fail_if_header_not_matches` check failed.
+    Header,
+    /// A `json_conditions` entry failed, or the body is not JSON.
+    Json,
+    /// The response was not in the `compression` asked for, or did not decode.
+    Compression,
+    /// `fail_if_ssl` or `fail_if_not_ssl` failed.
+    Ssl,
+    /// The final response's HTTP version is not in `valid_http_versions`.
+    HttpVersion,
+    /// A certificate expires within `fail_if_cert_expires_within`.
+    CertExpiring,
+    /// Every check passed, but the probe took longer than `max_duration`.
+    Slow,
     /// The network policy forbade the address.
     Denied,
     /// Anything else: protocol errors, redirect loops, bad redirects.
@@ -53,7 +68,7 @@ pub enum ResultClass {
 
 impl ResultClass {
     /// Every class, in label order.
-    pub const ALL: [ResultClass; 10] = [
+    pub const ALL: [ResultClass; 17] = [
         ResultClass::Success,
         ResultClass::DnsError,
         ResultClass::ConnectError,
@@ -62,6 +77,13 @@ impl ResultClass {
         ResultClass::HttpStatus,
         ResultClass::Regex,
         ResultClass::BodyTooLarge,
+        ResultClass::Header,
+        ResultClass::Json,
+        ResultClass::Compression,
+        ResultClass::Ssl,
+        ResultClass::HttpVersion,
+        ResultClass::CertExpiring,
+        ResultClass::Slow,
         ResultClass::Denied,
         ResultClass::Error,
     ];
@@ -77,6 +99,13 @@ impl ResultClass {
             ResultClass::HttpStatus => "http_status",
             ResultClass::Regex => "regex",
             ResultClass::BodyTooLarge => "body_too_large",
+            ResultClass::Header => "header",
+            ResultClass::Json => "json",
+            ResultClass::Compression => "compression",
+            ResultClass::Ssl => "ssl",
+            ResultClass::HttpVersion => "http_version",
+            ResultClass::CertExpiring => "cert_expiring",
+            ResultClass::Slow => "slow",
             ResultClass::Denied => "denied",
             ResultClass::Error => "error",
         }
@@ -157,6 +186,26 @@ pub struct ProbeResult {
     pub failed_due_to_regex: bool,
     /// The address connected to last.
     pub address: Option<IpAddr>,
+    /// TLS version of the last handshake (`TLS 1.3`).
+    pub tls_version: Option<&'static str>,
+    /// The last chain a server presented.
+    pub chain: Option<Arc<tls::ChainInfo>>,
+    /// Length of the decoded body, when it was decoded (`compression`, or body checks on an
+    /// encoded response).
+    pub uncompressed_length: Option<u64>,
+    /// With `addresses: all`, each address's own outcome, in resolver order.
+    pub addresses: Vec<AddressResult>,
+}
+
+/// One address's outcome when every address of a name is probed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AddressResult {
+    /// The address.
+    pub ip: IpAddr,
+    /// Its outcome.
+    pub class: ResultClass,
+    /// Its probe's wall time (after the shared lookup).
+    pub duration: Duration,
 }
 
 impl ProbeResult {
@@ -182,6 +231,10 @@ impl ProbeResult {
             cert_expiry: None,
             failed_due_to_regex: false,
             address: None,
+            tls_version: None,
+            chain: None,
+            uncompressed_length: None,
+            addresses: Vec::new(),
         }
     }
 
@@ -219,6 +272,9 @@ impl Failure {
 #[derive(Debug, Default)]
 struct Trace {
     stage: &'static str,
+    /// The address the site's own host is pinned to (`addresses: all`): an input, not a
+    /// measurement.
+    pin: Option<IpAddr>,
     phases: Phases,
     status_code: u16,
     content_length: u64,
@@ -228,6 +284,9 @@ struct Trace {
     cert_expiry: Option<i64>,
     failed_due_to_regex: bool,
     address: Option<IpAddr>,
+    tls_version: Option<&'static str>,
+    chain: Option<Arc<tls::ChainInfo>>,
+    uncompressed_length: Option<u64>,
 }
 
 /// Aborts the connection task when the probe is done with it (or is dropped by its timeout).
@@ -255,13 +314,108 @@ impl Prober {
     /// Probes a site once, within its timeout. Never panics, never returns an error: every
     /// failure is a classified [`ProbeResult`].
     pub async fn probe(&self, site: &Site) -> ProbeResult {
+        let every = site.addresses == AddressMode::All
+            && site.proxy.is_none()
+            && matches!(site.url.host(), Some(Host::Domain(_)));
+        let mut result = if every {
+            self.probe_every_address(site).await
+        } else {
+            self.probe_via(site, None, site.timeout).await
+        };
+        mark_slow(&mut result, site);
+        result
+    }
+
+    /// `addresses: all`: one lookup, then every address probed at once, each within what is
+    /// left of the timeout. The site passes only if every address passes; the result shown is
+    /// the first failing address's (or the slowest one's), its error prefixed with the address.
+    async fn probe_every_address(&self, site: &Site) -> ProbeResult {
+        let started_at = SystemTime::now();
+        let start = Instant::now();
+        let Some(Host::Domain(name)) = site.url.host() else {
+            return self.probe_via(site, None, site.timeout).await;
+        };
+        let version = site.ip_version.unwrap_or(self.network.ip_version);
+        let lookup =
+            tokio::time::timeout(site.timeout, self.resolver.lookup_all(name, version, true)).await;
+        let resolve = start.elapsed();
+        let failed = |class, error: String| ProbeResult {
+            started_at,
+            duration: start.elapsed(),
+            class,
+            error: Some(error),
+            phases: Phases {
+                resolve,
+                ..Phases::default()
+            },
+            ..empty_result(started_at)
+        };
+        let ips = match lookup {
+            Ok(Ok(ips)) => ips,
+            Ok(Err(e)) => return failed(ResultClass::DnsError, e.to_string()),
+            Err(_) => {
+                return failed(
+                    ResultClass::Timeout,
+                    format!(
+                        "timed out after {} during resolve",
+                        humantime::format_duration(site.timeout)
+                    ),
+                )
+            }
+        };
+        let budget = site.timeout.saturating_sub(resolve);
+        let results = futures_util::future::join_all(
+            ips.iter().map(|ip| self.probe_via(site, Some(*ip), budget)),
+        )
+        .await;
+        let addresses: Vec<AddressResult> = ips
+            .iter()
+            .zip(&results)
+            .map(|(ip, r)| {
+                let mut r = r.clone();
+                r.duration += resolve;
+                mark_slow(&mut r, site);
+                AddressResult {
+                    ip: *ip,
+                    class: r.class,
+                    duration: r.duration,
+                }
+            })
+            .collect();
+        let shown = results
+            .iter()
+            .position(|r| !r.success())
+            .unwrap_or_else(|| {
+                (0..results.len())
+                    .max_by_key(|i| results[*i].duration)
+                    .unwrap_or(0)
+            });
+        let mut result = results[shown].clone();
+        result.started_at = started_at;
+        result.duration = start.elapsed();
+        result.phases.resolve += resolve;
+        if let Some(e) = &mut result.error {
+            *e = format!(
+                "{}: {e} ({} of {} addresses failed)",
+                ips[shown],
+                results.iter().filter(|r| !r.success()).count(),
+                ips.len()
+            );
+        }
+        result.addresses = addresses;
+        result
+    }
+
+    /// One probe, connecting to `pin` for the site's own host when given.
+    async fn probe_via(&self, site: &Site, pin: Option<IpAddr>, budget: Duration) -> ProbeResult {
         let started_at = SystemTime::now();
         let start = Instant::now();
         let mut trace = Trace {
             stage: "start",
+            pin,
             ..Trace::default()
         };
-        let outcome = tokio::time::timeout(site.timeout, self.run(site, &mut trace)).await;
+        let outcome = tokio::time::timeout(budget, self.run(site, &mut trace)).await;
         let duration = start.elapsed();
         let (class, error) = match outcome {
             Ok(Ok(())) => (ResultClass::Success, None),
@@ -289,6 +443,10 @@ impl Prober {
             cert_expiry: trace.cert_expiry,
             failed_due_to_regex: trace.failed_due_to_regex,
             address: trace.address,
+            tls_version: trace.tls_version,
+            chain: trace.chain,
+            uncompressed_length: trace.uncompressed_length,
+            addresses: Vec::new(),
         }
     }
 
@@ -349,9 +507,16 @@ impl Prober {
         response: Response<Incoming>,
         t: &mut Trace,
     ) -> Result<(), Failure> {
+        let checks = &site.checks;
+        let version = response.version();
+        let head_check = check_head(site, version, response.headers(), t.ssl);
+        let encoding = response
+            .headers()
+            .get(CONTENT_ENCODING)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
         t.stage = "transfer";
         let start = Instant::now();
-        let keep = site.regex.is_some() || site.regex_absent.is_some();
+        let keep = site.regex.is_some() || site.regex_absent.is_some() || checks.need_body();
         let mut buf = Vec::new();
         let mut too_large = false;
         let mut incoming = response.into_body();
@@ -401,6 +566,12 @@ impl Prober {
                 ),
             ));
         }
+        if let Err(f) = head_check {
+            if f.class == ResultClass::Header {
+                t.failed_due_to_regex = true;
+            }
+            return Err(f);
+        }
         if too_large {
             return Err(Failure::new(
                 ResultClass::BodyTooLarge,
@@ -410,6 +581,11 @@ impl Prober {
                 ),
             ));
         }
+        let buf = if keep {
+            self.decoded(site, encoding.as_deref(), buf, t)?
+        } else {
+            buf
+        };
         if let Some(re) = &site.regex {
             if !re.0.is_match(&buf) {
                 t.failed_due_to_regex = true;
@@ -428,7 +604,80 @@ impl Prober {
                 ));
             }
         }
+        if !checks.json.is_empty() {
+            let fail = |m: String| Failure::new(ResultClass::Json, m);
+            let value: serde_json::Value =
+                serde_json::from_slice(&buf).map_err(|e| fail(format!("body is not JSON: {e}")))?;
+            for c in &checks.json {
+                c.check(&value).map_err(|why| {
+                    fail(format!("json condition {:?} failed: {why}", c.as_str()))
+                })?;
+            }
+        }
+        if let (Some(within), Some(expiry)) = (checks.cert_expires_within, t.cert_expiry) {
+            let left = expiry - unix_seconds(SystemTime::now()) as i64;
+            if left < within.as_secs() as i64 {
+                let when = httpdate::fmt_http_date(
+                    SystemTime::UNIX_EPOCH + Duration::from_secs(expiry.max(0) as u64),
+                );
+                let how = if left <= 0 {
+                    "expired".to_string()
+                } else {
+                    format!(
+                        "expires in {}",
+                        humantime::format_duration(Duration::from_secs(left as u64))
+                    )
+                };
+                return Err(Failure::new(
+                    ResultClass::CertExpiring,
+                    format!(
+                        "a certificate of the chain {how} ({when}), within fail_if_cert_expires_within {}",
+                        humantime::format_duration(within)
+                    ),
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// The body as the checks see it: decoded from its `Content-Encoding` when that is one
+    /// sitewatch knows, and in the encoding `compression` asks for.
+    fn decoded(
+        &self,
+        site: &Site,
+        encoding: Option<&str>,
+        body: Vec<u8>,
+        t: &mut Trace,
+    ) -> Result<Vec<u8>, Failure> {
+        let fail = |m: String| Failure::new(ResultClass::Compression, m);
+        let found = encoding.map_or(Some(Compression::Identity), Compression::from_header);
+        if let Some(want) = site.checks.compression {
+            if found != Some(want) {
+                return Err(fail(format!(
+                    "response is not {}-encoded (Content-Encoding: {})",
+                    want.token(),
+                    encoding.unwrap_or("none")
+                )));
+            }
+        }
+        let Some(found) = found else {
+            // An encoding sitewatch cannot decode: the checks see the bytes as sent.
+            return Ok(body);
+        };
+        if found == Compression::Identity && site.checks.compression.is_none() {
+            return Ok(body);
+        }
+        match checks::decode(found, &body, site.max_body_bytes) {
+            Ok(out) => {
+                t.uncompressed_length = Some(out.len() as u64);
+                Ok(out)
+            }
+            Err(checks::DecodeError::TooLarge(limit)) => Err(Failure::new(
+                ResultClass::BodyTooLarge,
+                format!("decoded body is larger than max_body_bytes ({limit} bytes)"),
+            )),
+            Err(e) => Err(fail(e.to_string())),
+        }
     }
 
     /// One request on a fresh connection; returns the response with its body unread.
@@ -441,25 +690,44 @@ impl Prober {
         send_auth: bool,
         t: &mut Trace,
     ) -> Result<(Response<Incoming>, AbortOnDrop), Failure> {
+        // A pinned address serves the site's own host, also after a redirect back to it.
+        let pinned = t
+            .pin
+            .filter(|_| site.proxy.is_none() && url.host_str() == site.url.host_str());
         let https = url.scheme() == "https";
         let port = url.port_or_known_default().unwrap_or(80);
         let (connect_url, connect_port) = match &site.proxy {
             Some(p) => (p, p.port_or_known_default().unwrap_or(3128)),
             None => (url, port),
         };
-        let ip = self.resolve(connect_url, t).await?;
-        self.policy
-            .check_site(ip, site.network.as_ref())
-            .map_err(|m| Failure::new(ResultClass::Denied, m))?;
+        let ips = match pinned {
+            Some(ip) => vec![ip],
+            None => self.resolve(site, connect_url, t).await?,
+        };
+        // Every address tried is checked first: the first denied one is the error when none
+        // is allowed.
+        let mut allowed = Vec::with_capacity(ips.len());
+        let mut denied = None;
+        for ip in ips {
+            match self.policy.check_site(ip, site.network.as_ref()) {
+                Ok(()) => allowed.push(ip),
+                Err(m) => {
+                    denied.get_or_insert(m);
+                }
+            }
+            if site.addresses != AddressMode::HappyEyeballs || pinned.is_some() {
+                break;
+            }
+        }
+        if allowed.is_empty() {
+            let m = denied.unwrap_or_else(|| "no address to connect to".into());
+            return Err(Failure::new(ResultClass::Denied, m));
+        }
 
         t.stage = "connect";
         let start = Instant::now();
-        let mut tcp = TcpStream::connect((ip, connect_port)).await.map_err(|e| {
-            Failure::new(
-                ResultClass::ConnectError,
-                format!("connect to {} failed: {e}", fmt_addr(ip, connect_port)),
-            )
-        })?;
+        let (mut tcp, ip) = connect_any(&allowed, connect_port).await?;
+        t.address = Some(ip);
         let _ = tcp.set_nodelay(true);
         let tunnel = site.proxy.is_some() && https;
         if tunnel {
@@ -491,7 +759,9 @@ impl Prober {
             let session = stream.get_ref().1;
             if let Some(chain) = session.peer_certificates() {
                 t.cert_expiry = tls::earliest_expiry(chain);
+                t.chain = tls::chain_info(chain).map(Arc::new);
             }
+            t.tls_version = session.protocol_version().map(tls::version_name);
             let h2 = session.alpn_protocol() == Some(b"h2");
             (Box::new(stream), h2)
         } else {
@@ -519,14 +789,18 @@ impl Prober {
         Ok((response, conn))
     }
 
-    async fn resolve(&self, url: &Url, t: &mut Trace) -> Result<IpAddr, Failure> {
+    /// The addresses to try for `url`'s host, preferred first: one unless the site fails
+    /// over between addresses.
+    async fn resolve(&self, site: &Site, url: &Url, t: &mut Trace) -> Result<Vec<IpAddr>, Failure> {
         t.stage = "resolve";
-        let ip = match url.host() {
-            Some(Host::Ipv4(ip)) => IpAddr::V4(ip),
-            Some(Host::Ipv6(ip)) => IpAddr::V6(ip),
+        let ips = match url.host() {
+            Some(Host::Ipv4(ip)) => vec![IpAddr::V4(ip)],
+            Some(Host::Ipv6(ip)) => vec![IpAddr::V6(ip)],
             Some(Host::Domain(name)) => {
                 let start = Instant::now();
-                let found = self.resolver.lookup(name, self.network.ip_version).await;
+                let version = site.ip_version.unwrap_or(self.network.ip_version);
+                let every = site.addresses == AddressMode::HappyEyeballs && site.proxy.is_none();
+                let found = self.resolver.lookup_all(name, version, every).await;
                 t.phases.resolve += start.elapsed();
                 found.map_err(|e| Failure::new(ResultClass::DnsError, e.to_string()))?
             }
@@ -537,8 +811,131 @@ impl Prober {
                 ))
             }
         };
-        t.address = Some(ip);
-        Ok(ip)
+        t.address = ips.first().copied();
+        Ok(ips)
+    }
+}
+
+/// Failover delay between connection attempts (RFC 8305's recommended 250 ms).
+const CONNECTION_ATTEMPT_DELAY: Duration = Duration::from_millis(250);
+
+/// Connects to the first address that answers: addresses are tried in turn, families
+/// interleaved, each after the previous one failed or has been pending for
+/// [`CONNECTION_ATTEMPT_DELAY`] (RFC 8305 "happy eyeballs"). One address is a plain connect.
+async fn connect_any(ips: &[IpAddr], port: u16) -> Result<(TcpStream, IpAddr), Failure> {
+    use futures_util::stream::{FuturesUnordered, StreamExt};
+    let ips = interleave(ips);
+    let attempt = |ip: IpAddr| async move { (ip, TcpStream::connect((ip, port)).await) };
+    let mut pending = FuturesUnordered::new();
+    let mut next = 0;
+    let mut errors = Vec::new();
+    loop {
+        if next < ips.len() {
+            pending.push(attempt(ips[next]));
+            next += 1;
+        }
+        if pending.is_empty() {
+            return Err(Failure::new(ResultClass::ConnectError, errors.join("; ")));
+        }
+        let more = next < ips.len();
+        tokio::select! {
+            Some((ip, outcome)) = pending.next() => match outcome {
+                Ok(tcp) => return Ok((tcp, ip)),
+                Err(e) => errors.push(format!("connect to {} failed: {e}", fmt_addr(ip, port))),
+            },
+            _ = tokio::time::sleep(CONNECTION_ATTEMPT_DELAY), if more => {}
+        }
+    }
+}
+
+/// Addresses in preference order with the families alternating, starting with the family of
+/// the first (RFC 8305 section 4).
+fn interleave(ips: &[IpAddr]) -> Vec<IpAddr> {
+    let Some(first) = ips.first() else {
+        return Vec::new();
+    };
+    let (mut same, mut other): (VecDeque<IpAddr>, VecDeque<IpAddr>) =
+        ips.iter().partition(|ip| ip.is_ipv4() == first.is_ipv4());
+    let mut out = Vec::with_capacity(ips.len());
+    while !same.is_empty() || !other.is_empty() {
+        out.extend(same.pop_front());
+        out.extend(other.pop_front());
+    }
+    out
+}
+
+/// Checks of the final response's head: protocol, TLS use and headers.
+fn check_head(
+    site: &Site,
+    version: Version,
+    headers: &http::HeaderMap,
+    ssl: bool,
+) -> Result<(), Failure> {
+    let checks = &site.checks;
+    if !checks.http_versions.is_empty() && !checks.http_versions.contains(&version) {
+        let wanted: Vec<&str> = checks
+            .http_versions
+            .iter()
+            .map(|v| checks::version_name(*v))
+            .collect();
+        return Err(Failure::new(
+            ResultClass::HttpVersion,
+            format!(
+                "{} is not in valid_http_versions [{}]",
+                checks::version_name(version),
+                wanted.join(", ")
+            ),
+        ));
+    }
+    if checks.fail_if_ssl && ssl {
+        return Err(Failure::new(
+            ResultClass::Ssl,
+            "the final URL used TLS (fail_if_ssl)",
+        ));
+    }
+    if checks.fail_if_not_ssl && !ssl {
+        return Err(Failure::new(
+            ResultClass::Ssl,
+            "the final URL did not use TLS (fail_if_not_ssl)",
+        ));
+    }
+    checks::check_headers(checks, headers).map_err(|m| Failure::new(ResultClass::Header, m))
+}
+
+/// A probe that passed every check but ran longer than `max_duration` fails as `slow`.
+fn mark_slow(result: &mut ProbeResult, site: &Site) {
+    if let Some(max) = site.checks.max_duration {
+        if result.success() && result.duration > max {
+            result.class = ResultClass::Slow;
+            result.error = Some(format!(
+                "took {:.3}s, longer than max_duration {}",
+                result.duration.as_secs_f64(),
+                humantime::format_duration(max)
+            ));
+        }
+    }
+}
+
+/// A result with nothing measured.
+fn empty_result(started_at: SystemTime) -> ProbeResult {
+    ProbeResult {
+        started_at,
+        duration: Duration::ZERO,
+        class: ResultClass::Error,
+        error: None,
+        phases: Phases::default(),
+        status_code: 0,
+        content_length: 0,
+        redirects: 0,
+        ssl: false,
+        http_version: 0.0,
+        cert_expiry: None,
+        failed_due_to_regex: false,
+        address: None,
+        tls_version: None,
+        chain: None,
+        uncompressed_length: None,
+        addresses: Vec::new(),
     }
 }
 

@@ -6,10 +6,10 @@
 use std::net::IpAddr;
 
 use hickory_resolver::config::{
-    ConnectionConfig, LookupIpStrategy, NameServerConfig, ProtocolConfig, ResolverConfig,
-    ResolverOpts,
+    ConnectionConfig, NameServerConfig, ProtocolConfig, ResolverConfig, ResolverOpts,
 };
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::RData;
 use hickory_resolver::TokioResolver;
 use ipnet::IpNet;
 
@@ -83,11 +83,6 @@ impl Resolver {
         let mut opts = ResolverOpts::default();
         // Every probe measures a real lookup, as blackbox_exporter does.
         opts.cache_size = 0;
-        opts.ip_strategy = match network.ip_version {
-            IpVersion::Auto => LookupIpStrategy::Ipv4thenIpv6,
-            IpVersion::Ipv4 => LookupIpStrategy::Ipv4Only,
-            IpVersion::Ipv6 => LookupIpStrategy::Ipv6Only,
-        };
         let resolver = TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
             .with_options(opts)
             .build()
@@ -95,41 +90,85 @@ impl Resolver {
         Ok(Resolver::Servers(Box::new(resolver)))
     }
 
-    /// The first address of `host` in the wanted family.
-    pub async fn lookup(&self, host: &str, version: IpVersion) -> Result<IpAddr, ResolveError> {
+    /// The addresses of `host` in the wanted family, preferred first. Unless `every` is set,
+    /// `auto` asks for IPv6 only when the name has no IPv4 address, as most clients do;
+    /// with `every` (or a preference) both families are asked for.
+    pub async fn lookup_all(
+        &self,
+        host: &str,
+        version: IpVersion,
+        every: bool,
+    ) -> Result<Vec<IpAddr>, ResolveError> {
         let fail = |reason: String| ResolveError::Lookup {
             host: host.to_string(),
             reason,
         };
-        let addrs: Vec<IpAddr> = match self {
+        let mut addrs: Vec<IpAddr> = match self {
             Resolver::System => tokio::net::lookup_host((host, 0))
                 .await
                 .map_err(|e| fail(e.to_string()))?
                 .map(|sa| sa.ip())
                 .collect(),
-            Resolver::Servers(r) => r
-                .lookup_ip(host)
-                .await
-                .map_err(|e| fail(e.to_string()))?
-                .iter()
-                .collect(),
+            Resolver::Servers(r) => {
+                let v4 = || async {
+                    r.ipv4_lookup(host).await.map(|l| {
+                        l.answers()
+                            .iter()
+                            .filter_map(|rec| match &rec.data {
+                                RData::A(a) => Some(IpAddr::V4(a.0)),
+                                _ => None,
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                };
+                let v6 = || async {
+                    r.ipv6_lookup(host).await.map(|l| {
+                        l.answers()
+                            .iter()
+                            .filter_map(|rec| match &rec.data {
+                                RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+                                _ => None,
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                };
+                let both = |a: Result<Vec<IpAddr>, _>, b: Result<Vec<IpAddr>, _>| match (a, b) {
+                    (Err(e), Err(_)) => Err(e),
+                    (a, b) => {
+                        let mut all = a.unwrap_or_default();
+                        all.extend(b.unwrap_or_default());
+                        Ok(all)
+                    }
+                };
+                let found = match version {
+                    IpVersion::Ipv4 => v4().await,
+                    IpVersion::Ipv6 => v6().await,
+                    IpVersion::Auto if !every => match v4().await {
+                        Ok(a) if !a.is_empty() => Ok(a),
+                        first => both(first, v6().await),
+                    },
+                    _ => {
+                        let (a, b) = tokio::join!(v4(), v6());
+                        both(a, b)
+                    }
+                };
+                found.map_err(|e| fail(e.to_string()))?
+            }
         };
-        let wanted = |ip: &IpAddr| match version {
-            IpVersion::Auto => true,
-            IpVersion::Ipv4 => ip.is_ipv4(),
-            IpVersion::Ipv6 => ip.is_ipv6(),
-        };
-        addrs
-            .into_iter()
-            .find(wanted)
-            .ok_or_else(|| ResolveError::NoAddress {
+        let mut seen = std::collections::HashSet::new();
+        addrs.retain(|ip| version.admits(ip) && seen.insert(*ip));
+        match version {
+            IpVersion::PreferIpv4 => addrs.sort_by_key(|ip| ip.is_ipv6()),
+            IpVersion::PreferIpv6 => addrs.sort_by_key(|ip| ip.is_ipv4()),
+            _ => {}
+        }
+        if addrs.is_empty() {
+            return Err(ResolveError::NoAddress {
                 host: host.to_string(),
-                family: match version {
-                    IpVersion::Auto => "IP",
-                    IpVersion::Ipv4 => "IPv4",
-                    IpVersion::Ipv6 => "IPv6",
-                },
-            })
+                family: version.family(),
+            });
+        }
+        Ok(addrs)
     }
 }
 

@@ -152,6 +152,98 @@ pub fn earliest_expiry(chain: &[CertificateDer<'_>]) -> Option<i64> {
         .min()
 }
 
+/// What `probe_ssl_last_chain_info` and `probe_ssl_last_chain_expiry_timestamp_seconds` report
+/// of the last chain a server presented, as blackbox_exporter labels them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainInfo {
+    /// SHA-256 of the leaf certificate, lower-case hex.
+    pub fingerprint_sha256: String,
+    /// The leaf's subject, RFC 4514 style (`CN=shop.example`).
+    pub subject: String,
+    /// The leaf's issuer.
+    pub issuer: String,
+    /// The leaf's DNS subject alternative names, comma-separated.
+    pub subject_alternative: String,
+    /// The leaf's serial number, lower-case hex.
+    pub serial_number: String,
+    /// Earliest expiry along the leaf's issuing path within the presented chain, unix
+    /// seconds: a stale extra certificate the server also sends, but that does not sign the
+    /// leaf's path, does not count (it does in `probe_ssl_earliest_cert_expiry`).
+    pub last_chain_expiry: i64,
+}
+
+/// The leaf's details and its path's expiry. The path is followed by issuer name from the
+/// leaf through the presented certificates; rustls does not expose the chain it verified, so
+/// the trust anchor itself counts only if the server sent it.
+pub fn chain_info(chain: &[CertificateDer<'_>]) -> Option<ChainInfo> {
+    let certs: Vec<_> = chain
+        .iter()
+        .filter_map(|der| {
+            x509_parser::parse_x509_certificate(der)
+                .ok()
+                .map(|(_, c)| c)
+        })
+        .collect();
+    let leaf = certs.first()?;
+    let mut expiry = leaf.validity().not_after.timestamp();
+    let mut current = leaf;
+    let mut used = vec![0usize];
+    while current.subject().as_raw() != current.issuer().as_raw() {
+        let Some(i) = (0..certs.len()).find(|i| {
+            !used.contains(i) && certs[*i].subject().as_raw() == current.issuer().as_raw()
+        }) else {
+            break;
+        };
+        used.push(i);
+        current = &certs[i];
+        expiry = expiry.min(current.validity().not_after.timestamp());
+    }
+    let sans = leaf
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|ext| {
+            ext.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    let digest = ring::digest::digest(&ring::digest::SHA256, &chain[0]);
+    Some(ChainInfo {
+        fingerprint_sha256: hex(digest.as_ref()),
+        subject: leaf.subject().to_string(),
+        issuer: leaf.issuer().to_string(),
+        subject_alternative: sans,
+        // As Go's `%x` of `big.Int.Bytes()`: no leading zero bytes.
+        serial_number: hex(match leaf.raw_serial().iter().position(|b| *b != 0) {
+            Some(i) => &leaf.raw_serial()[i..],
+            None => &[],
+        }),
+        last_chain_expiry: expiry,
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The `version` label of `probe_tls_version_info`, as blackbox_exporter writes it.
+pub fn version_name(v: rustls::ProtocolVersion) -> &'static str {
+    match v {
+        rustls::ProtocolVersion::TLSv1_3 => "TLS 1.3",
+        rustls::ProtocolVersion::TLSv1_2 => "TLS 1.2",
+        rustls::ProtocolVersion::TLSv1_1 => "TLS 1.1",
+        rustls::ProtocolVersion::TLSv1_0 => "TLS 1.0",
+        _ => "unknown",
+    }
+}
+
 /// Accepts any certificate but still checks handshake signatures.
 #[derive(Debug)]
 struct NoVerify(Arc<CryptoProvider>);

@@ -627,12 +627,10 @@ pub fn write_request(batch: &[Arc<ProbeSamples>], external: &[(String, String)])
                 name: k.clone(),
                 value: v.clone(),
             }));
-            if let Some((k, v)) = &sample.extra {
-                labels.push(Label {
-                    name: (*k).into(),
-                    value: v.clone(),
-                });
-            }
+            labels.extend(sample.extra.iter().map(|(k, v)| Label {
+                name: (*k).into(),
+                value: v.clone(),
+            }));
             for (k, v) in external {
                 if !labels.iter().any(|l| &l.name == k) {
                     labels.push(Label {

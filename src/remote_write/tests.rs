@@ -117,7 +117,7 @@ fn histogram_buckets_are_cumulative_with_sum_and_count() {
             .iter()
             .find(|p| {
                 p.name == "sitewatch_probe_duration_seconds_bucket"
-                    && p.extra.as_ref().map(|(_, v)| v.as_str()) == Some(le)
+                    && p.extra.first().map(|(_, v)| v.as_str()) == Some(le)
             })
             .map(|p| p.value)
     };
