@@ -291,8 +291,9 @@ impl Default for MetricsSettings {
         Self {
             phases: true,
             histogram: true,
-            // Internet latencies: 25 ms (same region) to 10 s (a struggling site).
-            histogram_buckets: Arc::from([0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            // Internet latencies, 50 ms (nearby) to 10 s (struggling); eight buckets keep a
+            // site's series near blackbox_exporter's count.
+            histogram_buckets: Arc::from([0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
             tls_details: true,
         }
     }

@@ -186,6 +186,21 @@ pub struct ResultJson<'a> {
     cert_expiry: Option<i64>,
     failed_due_to_regex: bool,
     address: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_version: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    uncompressed_length: Option<u64>,
+    /// With `addresses: all`: each address's outcome.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    addresses: Vec<AddressJson>,
+}
+
+/// One address's outcome in [`ResultJson`].
+#[derive(Serialize)]
+struct AddressJson {
+    address: String,
+    result: &'static str,
+    duration_seconds: f64,
 }
 
 #[derive(Serialize)]
@@ -221,6 +236,17 @@ impl<'a> ResultJson<'a> {
             cert_expiry: r.cert_expiry,
             failed_due_to_regex: r.failed_due_to_regex,
             address: r.address.map(|a| a.to_string()),
+            tls_version: r.tls_version,
+            uncompressed_length: r.uncompressed_length,
+            addresses: r
+                .addresses
+                .iter()
+                .map(|a| AddressJson {
+                    address: a.ip.to_string(),
+                    result: a.class.as_str(),
+                    duration_seconds: a.duration.as_secs_f64(),
+                })
+                .collect(),
         }
     }
 }

@@ -369,9 +369,10 @@ async fn operators_can_drop_phase_and_histogram_series() {
         "{}",
         s.text
     );
-    // 9 gauges, one result counter, one timestamp.
-    assert_eq!(s.of_site("lean").len(), 11, "{}", s.text);
-    assert_eq!(s.get("sitewatch_series", &[]), Some(11.0));
+    // 11 gauges (with probe_ip_protocol and sitewatch_site_up), one result counter, one
+    // timestamp.
+    assert_eq!(s.of_site("lean").len(), 13, "{}", s.text);
+    assert_eq!(s.get("sitewatch_series", &[]), Some(13.0));
 }
 
 #[test]

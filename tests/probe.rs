@@ -151,10 +151,12 @@ async fn healthy_site_reports_every_probe_gauge() {
         .unwrap();
     assert_eq!(count, inf);
     assert_eq!(count, s.probes("shop", "success"));
-    // What one plain-HTTP site costs downstream: 14 gauges, 11 histogram series, one
-    // result counter, one timestamp.
-    assert_eq!(s.of_site("shop").len(), 27, "{}", s.text);
-    assert_eq!(s.get("sitewatch_series", &[]), Some(27.0));
+    // What one plain-HTTP site costs downstream: 16 gauges (with probe_ip_protocol and
+    // sitewatch_site_up), 11 histogram series, one result counter, one timestamp.
+    assert_eq!(s.of_site("shop").len(), 29, "{}", s.text);
+    assert_eq!(s.get("sitewatch_series", &[]), Some(29.0));
+    assert_eq!(v("probe_ip_protocol"), 4.0);
+    assert_eq!(v("sitewatch_site_up"), 1.0);
 }
 
 #[tokio::test]

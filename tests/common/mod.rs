@@ -354,7 +354,8 @@ pub async fn refused_port() -> u16 {
 }
 
 /// A DNS server on 127.0.0.1: names under `sitewatch.test` other than `missing.sitewatch.test`
-/// answer A 127.0.0.1; everything else is NXDOMAIN. Returns its address and a query counter.
+/// answer A 127.0.0.1, or the addresses their labels spell (`v4-127-0-0-2.v6-loopback.x.sitewatch.test`:
+/// A 127.0.0.2 and AAAA ::1); everything else is NXDOMAIN. Returns its address and a query counter.
 pub async fn dns_server() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
     let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind dns");
     let addr = socket.local_addr().unwrap();
@@ -395,15 +396,40 @@ fn dns_reply(query: &[u8]) -> Option<(Vec<u8>, String)> {
     let question_end = i + 4;
     let name = labels.join(".");
     let known = name.ends_with("sitewatch.test") && name != "missing.sitewatch.test";
-    let answer_a = known && qtype == 1;
+    // Labels `v4-127-0-0-2` each add an A record, `v6-loopback` an AAAA record for ::1, in
+    // the order written; a name with no `v4-` label has A 127.0.0.1.
+    let mut v4: Vec<[u8; 4]> = labels
+        .iter()
+        .filter_map(|l| {
+            let parts: Vec<u8> = l
+                .strip_prefix("v4-")?
+                .split('-')
+                .map(|p| p.parse().ok())
+                .collect::<Option<_>>()?;
+            parts.try_into().ok()
+        })
+        .collect();
+    if v4.is_empty() {
+        v4.push([127, 0, 0, 1]);
+    }
+    let v6 = labels.iter().any(|l| l == "v6-loopback");
+    let answers: Vec<Vec<u8>> = match (known, qtype) {
+        (true, 1) => v4.iter().map(|a| a.to_vec()).collect(),
+        (true, 28) if v6 => vec![std::net::Ipv6Addr::LOCALHOST.octets().to_vec()],
+        _ => Vec::new(),
+    };
     let mut reply = Vec::with_capacity(64);
     reply.extend_from_slice(&query[0..2]); // id
     let rcode = if known { 0 } else { 3 }; // NOERROR / NXDOMAIN
     reply.extend_from_slice(&[0x81, 0x80 | rcode]); // response, recursion desired+available
-    reply.extend_from_slice(&[0, 1, 0, u8::from(answer_a), 0, 0, 0, 0]);
+    reply.extend_from_slice(&[0, 1, 0, answers.len() as u8, 0, 0, 0, 0]);
     reply.extend_from_slice(query.get(12..question_end)?);
-    if answer_a {
-        reply.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 127, 0, 0, 1]);
+    for rdata in answers {
+        // Name (pointer to the question), type, class IN, TTL 60, rdata.
+        reply.extend_from_slice(&[0xc0, 0x0c]);
+        reply.extend_from_slice(&qtype.to_be_bytes());
+        reply.extend_from_slice(&[0, 1, 0, 0, 0, 60, 0, rdata.len() as u8]);
+        reply.extend_from_slice(&rdata);
     }
     Some((reply, name))
 }
