@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_norway::Value;
 use url::Url;
@@ -22,8 +23,10 @@ use crate::checks::{AddressMode, Checks};
 use crate::tls::{self, TlsSettings};
 
 mod checks;
+mod schema;
 use crate::checks::Compression;
 use checks::{take_checks, with_check_fields, RawHeaderCheck};
+pub use schema::json_schema;
 
 /// Label names a site may not set itself: the exporter sets them.
 const RESERVED_LABELS: &[&str] = &[
@@ -396,138 +399,230 @@ pub struct Config {
 // ---------------------------------------------------------------------------
 // Raw, as written.
 
-#[derive(Debug, Default, Deserialize)]
+/// A sitewatch configuration file: the sites to probe and how.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(title = "sitewatch configuration")]
 struct RawFile {
+    /// Settings every site of this file inherits unless it sets its own.
     #[serde(default)]
     defaults: Option<RawDefaults>,
+    /// Where probes may connect and how names resolve (one file of a directory only).
     #[serde(default)]
     network: Option<RawNetwork>,
+    /// Prometheus remote-write destinations (one file of a directory only).
     #[serde(default)]
     remote_write: Option<Vec<RawRemoteWrite>>,
+    /// Which optional per-site series are exported (one file of a directory only).
     #[serde(default)]
     metrics: Option<RawMetrics>,
+    /// The sites to probe. Ids are unique across every file.
     #[serde(default)]
+    #[schemars(with = "Option<Vec<RawSite>>")]
     sites: Option<Vec<Value>>,
 }
 
 with_check_fields! {
-#[derive(Debug, Default, Clone, Deserialize)]
+/// Settings every site of the file inherits unless it sets its own.
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawDefaults {
+    /// Time between probe starts, e.g. `30s` (default `30s`).
     interval: Option<String>,
+    /// Deadline of one probe, e.g. `10s` (default `10s`); at most `interval`.
     timeout: Option<String>,
+    /// Request method (default `GET`).
     method: Option<String>,
+    /// Accepted final status codes: codes, ranges (`200-299`) or classes (`2xx`).
+    #[serde(default)]
+    #[schemars(schema_with = "schema::valid_status")]
     valid_status: Option<Vec<Value>>,
+    /// Whether redirects are followed (default true).
     follow_redirects: Option<bool>,
+    /// Redirects followed before the probe fails (default 10).
     max_redirects: Option<u32>,
+    /// Body bytes read before the probe fails with `body_too_large`: bytes or `1MiB`.
+    #[serde(default)]
+    #[schemars(schema_with = "schema::size")]
     max_body_bytes: Option<Value>,
+    /// Request headers; a site's headers replace these by name.
     headers: Option<BTreeMap<String, String>>,
+    /// TLS settings.
     tls: Option<RawTls>,
+    /// An `http://` proxy for every request.
     proxy: Option<String>,
 }
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// Where probes may connect and how names resolve.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawNetwork {
+    /// CIDR ranges never connected to, checked against the resolved address.
     #[serde(default)]
     deny: Vec<String>,
+    /// When non-empty, the only CIDR ranges connected to.
     #[serde(default)]
     allow: Vec<String>,
+    /// Address family preference of every site (a site may override it).
     #[serde(default)]
     ip_version: IpVersion,
+    /// `system`, or a list of name servers (`127.0.0.1:5353`).
+    #[serde(default)]
+    #[schemars(schema_with = "schema::resolver")]
     resolver: Option<Value>,
 }
 
-#[derive(Debug, Deserialize)]
+/// One remote-write destination.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawRemoteWrite {
+    /// The receiver's write endpoint.
     url: String,
+    /// A name for this destination's metrics (default: the URL).
     name: Option<String>,
+    /// Labels added to every pushed series that lacks them.
     #[serde(default)]
     external_labels: BTreeMap<String, String>,
+    /// Extra request headers.
     #[serde(default)]
     headers: BTreeMap<String, String>,
+    /// Basic authentication.
     basic_auth: Option<RawBasicAuth>,
+    /// File holding a bearer token.
     bearer_token_file: Option<PathBuf>,
+    /// Environment variable holding a bearer token.
     bearer_token_env: Option<String>,
+    /// TLS settings.
     tls: Option<RawTls>,
+    /// Deadline of one push (default `30s`).
     timeout: Option<String>,
+    /// Queueing and retry settings.
     queue: Option<RawQueue>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// Queueing and retry settings of a remote-write destination.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawQueue {
+    /// Samples held while the receiver is slow or down.
     capacity: Option<usize>,
+    /// Samples per request.
     max_samples_per_send: Option<usize>,
+    /// Longest a sample waits for a batch to fill.
     batch_send_deadline: Option<String>,
+    /// First retry delay.
     min_backoff: Option<String>,
+    /// Longest retry delay.
     max_backoff: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// Which optional per-site series are exported.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawMetrics {
+    /// `probe_http_duration_seconds{phase}` (default true).
     phases: Option<bool>,
+    /// `sitewatch_probe_duration_seconds` histogram (default true).
     histogram: Option<bool>,
+    /// Default histogram bucket bounds in seconds.
     histogram_buckets: Option<Vec<f64>>,
+    /// `probe_tls_version_info`, `probe_ssl_last_chain_info` and
+    /// `probe_ssl_last_chain_expiry_timestamp_seconds` (default true).
     tls_details: Option<bool>,
 }
 
 with_check_fields! {
-#[derive(Debug, Default, Deserialize)]
+/// One site to probe.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawSite {
+    /// The key: unique within the tenant. URLs may repeat.
+    #[schemars(with = "String")]
     id: Option<String>,
+    /// The `http://` or `https://` URL probed.
+    #[schemars(with = "String")]
     url: Option<String>,
+    /// The body must match this regular expression.
     regex: Option<String>,
+    /// The body must not match this regular expression.
     regex_absent: Option<String>,
+    /// The tenant the site belongs to.
     tenant: Option<String>,
+    /// Extra labels on every series of the site.
     #[serde(default)]
     labels: BTreeMap<String, String>,
+    /// Request method.
     method: Option<String>,
+    /// Request headers.
     headers: Option<BTreeMap<String, String>>,
+    /// Request body.
     body: Option<String>,
+    /// Basic authentication.
     basic_auth: Option<RawBasicAuth>,
+    /// File holding a bearer token.
     bearer_token_file: Option<PathBuf>,
+    /// Environment variable holding a bearer token.
     bearer_token_env: Option<String>,
+    /// TLS settings.
     tls: Option<RawTls>,
+    /// An `http://` proxy.
     proxy: Option<String>,
+    /// The site's exceptions to `network` (needs `--network.site-overrides`).
     network: Option<RawSiteNetwork>,
+    /// Time between probe starts.
     interval: Option<String>,
+    /// Deadline of one probe.
     timeout: Option<String>,
+    /// Accepted final status codes.
+    #[serde(default)]
+    #[schemars(schema_with = "schema::valid_status")]
     valid_status: Option<Vec<Value>>,
+    /// Whether redirects are followed.
     follow_redirects: Option<bool>,
+    /// Redirects followed before the probe fails.
     max_redirects: Option<u32>,
+    /// Body bytes read before the probe fails with `body_too_large`.
+    #[serde(default)]
+    #[schemars(schema_with = "schema::size")]
     max_body_bytes: Option<Value>,
 }
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// A site's exceptions to the `network` section.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawSiteNetwork {
+    /// Ranges this site may reach although `network` refuses them.
     #[serde(default)]
     allow: Vec<String>,
+    /// Ranges this site may not reach.
     #[serde(default)]
     deny: Vec<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// HTTP basic authentication; the password comes from a file or the environment.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawBasicAuth {
+    /// User name.
     username: String,
+    /// File holding the password.
     password_file: Option<PathBuf>,
+    /// Environment variable holding the password.
     password_env: Option<String>,
 }
 
-#[derive(Debug, Default, Clone, Deserialize)]
+/// TLS settings.
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawTls {
+    /// Skip certificate verification (the expiry is still reported).
     #[serde(default)]
     insecure_skip_verify: bool,
+    /// Trust these CA certificates (PEM) instead of the system's.
     ca_file: Option<PathBuf>,
+    /// Name sent in SNI and verified, instead of the URL's host.
     server_name: Option<String>,
 }
 

@@ -1103,3 +1103,104 @@ impl Metrics {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn state(thresholds: (u32, u32)) -> SiteState {
+        SiteState {
+            last: None,
+            counts: [0; ResultClass::ALL.len()],
+            buckets: Vec::new(),
+            sum: 0.0,
+            finished_at: None,
+            since: None,
+            history: 0,
+            history_len: 0,
+            bounds: Arc::from([]),
+            own_bounds: false,
+            up: true,
+            streak: 0,
+            thresholds,
+        }
+    }
+
+    /// `sitewatch_site_up` after each probe of `outcomes` (`+` good, `-` failed).
+    fn confirmed(thresholds: (u32, u32), outcomes: &str) -> String {
+        let mut st = state(thresholds);
+        outcomes
+            .chars()
+            .map(|c| {
+                st.confirm(c == '+');
+                if st.up {
+                    '1'
+                } else {
+                    '0'
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn confirmation_needs_consecutive_probes_each_way() {
+        // Default thresholds: the confirmed state is the raw one.
+        assert_eq!(confirmed((1, 1), "+-+--+"), "101001");
+        // Down after two failures in a row; a success in between resets the count.
+        assert_eq!(confirmed((2, 1), "-+-+--+"), "1111101");
+        // Up again after three successes in a row.
+        assert_eq!(confirmed((1, 3), "-++-+++"), "0000001");
+        assert_eq!(confirmed((3, 2), "---+-++--"), "110000111");
+    }
+
+    #[test]
+    fn a_site_keeps_its_own_buckets_and_a_changed_layout_resets_only_it() {
+        let config = crate::config::parse_sources(
+            &[(
+                "a.yaml".into(),
+                "sites:\n  - { id: own, url: 'http://127.0.0.1:9/', histogram_buckets: [0.5] }\n  - { id: shared, url: 'http://127.0.0.1:9/' }\n"
+                    .into(),
+            )],
+            &crate::config::SystemSecrets,
+        )
+        .unwrap();
+        let table = SiteTable::new(None);
+        for s in &config.sites {
+            table.insert(s);
+            let r = ProbeResult::for_test(
+                ResultClass::Success,
+                SystemTime::now(),
+                Duration::from_millis(200),
+            );
+            table.record(&s.key(), &r);
+        }
+        let buckets = |key: &str| {
+            let sites = table.sites.read().unwrap();
+            let st = sites[key].state.lock().unwrap();
+            (st.bounds.to_vec(), st.buckets.clone())
+        };
+        assert_eq!(buckets("own"), (vec![0.5], vec![1, 0]));
+        assert_eq!(buckets("shared").1.iter().sum::<u64>(), 1);
+        // A new global layout resets the sites that use it, not the one with its own.
+        table.set_settings(&MetricsSettings {
+            histogram_buckets: Arc::from([1.0]),
+            ..MetricsSettings::default()
+        });
+        assert_eq!(buckets("own"), (vec![0.5], vec![1, 0]));
+        assert_eq!(buckets("shared"), (vec![1.0], vec![0, 0]));
+        // Re-inserting with new thresholds keeps the series and takes the thresholds.
+        let mut own = (*config.sites[0]).clone();
+        own.failure_threshold = 4;
+        table.insert(&own);
+        assert_eq!(buckets("own"), (vec![0.5], vec![1, 0]));
+        assert_eq!(
+            table.sites.read().unwrap()["own"]
+                .state
+                .lock()
+                .unwrap()
+                .thresholds,
+            (4, 1)
+        );
+    }
+}

@@ -824,6 +824,17 @@ const CONNECTION_ATTEMPT_DELAY: Duration = Duration::from_millis(250);
 /// [`CONNECTION_ATTEMPT_DELAY`] (RFC 8305 "happy eyeballs"). One address is a plain connect.
 async fn connect_any(ips: &[IpAddr], port: u16) -> Result<(TcpStream, IpAddr), Failure> {
     use futures_util::stream::{FuturesUnordered, StreamExt};
+    if let [ip] = ips {
+        return TcpStream::connect((*ip, port))
+            .await
+            .map(|tcp| (tcp, *ip))
+            .map_err(|e| {
+                Failure::new(
+                    ResultClass::ConnectError,
+                    format!("connect to {} failed: {e}", fmt_addr(*ip, port)),
+                )
+            });
+    }
     let ips = interleave(ips);
     let attempt = |ip: IpAddr| async move { (ip, TcpStream::connect((ip, port)).await) };
     let mut pending = FuturesUnordered::new();
@@ -1103,3 +1114,39 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 /// A shared prober, swapped whole when the network section changes.
 pub type SharedProber = Arc<Prober>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failover_order_interleaves_families_from_the_first() {
+        let ips: Vec<IpAddr> = ["::1", "::2", "::3", "127.0.0.1", "127.0.0.2"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let order: Vec<String> = interleave(&ips).iter().map(IpAddr::to_string).collect();
+        assert_eq!(order, ["::1", "127.0.0.1", "::2", "127.0.0.2", "::3"]);
+        assert!(interleave(&[]).is_empty());
+    }
+
+    #[tokio::test]
+    async fn failover_moves_past_refused_addresses_and_reports_all_when_none_answers() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.3:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let ips: Vec<IpAddr> = ["127.0.0.2", "127.0.0.3"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let (_, ip) = connect_any(&ips, port).await.unwrap();
+        assert_eq!(ip, ips[1]);
+        drop(listener);
+        let f = connect_any(&ips, port).await.unwrap_err();
+        assert_eq!(f.class, ResultClass::ConnectError);
+        assert!(
+            f.message.contains("127.0.0.2:") && f.message.contains("127.0.0.3:"),
+            "{}",
+            f.message
+        );
+    }
+}

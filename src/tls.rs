@@ -292,3 +292,63 @@ impl ServerCertVerifier for NoVerify {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+
+    const T0: i64 = 1_900_000_000;
+
+    fn params(cn: &str, ca: bool, not_after: i64) -> CertificateParams {
+        let mut p = CertificateParams::new(if ca {
+            Vec::new()
+        } else {
+            vec![format!("{cn}.example"), format!("www.{cn}.example")]
+        })
+        .unwrap();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        if ca {
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        }
+        p.not_after = time::OffsetDateTime::from_unix_timestamp(not_after).unwrap();
+        p
+    }
+
+    #[test]
+    fn chain_info_follows_the_leafs_issuing_path_only() {
+        let root_key = KeyPair::generate().unwrap();
+        let root = params("root", true, T0 + 900)
+            .self_signed(&root_key)
+            .unwrap();
+        let mid_key = KeyPair::generate().unwrap();
+        let mid = params("mid", true, T0 + 300)
+            .signed_by(&mid_key, &root, &root_key)
+            .unwrap();
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf = params("shop", false, T0 + 600)
+            .signed_by(&leaf_key, &mid, &mid_key)
+            .unwrap();
+        // An unrelated, already expiring certificate the server also sends.
+        let stray_key = KeyPair::generate().unwrap();
+        let stray = params("stray", true, T0 + 100)
+            .self_signed(&stray_key)
+            .unwrap();
+        let chain = vec![leaf.der().clone(), stray.der().clone(), mid.der().clone()];
+        let info = chain_info(&chain).unwrap();
+        assert_eq!(
+            info.last_chain_expiry,
+            T0 + 300,
+            "the intermediate's expiry"
+        );
+        assert_eq!(earliest_expiry(&chain), Some(T0 + 100), "the stray's");
+        assert_eq!(info.subject, "CN=shop");
+        assert_eq!(info.issuer, "CN=mid");
+        assert_eq!(info.subject_alternative, "shop.example,www.shop.example");
+        let digest = ring::digest::digest(&ring::digest::SHA256, leaf.der());
+        let want: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(info.fingerprint_sha256, want);
+        assert!(!info.serial_number.is_empty() && !info.serial_number.starts_with("00"));
+        assert_eq!(chain_info(&[]), None);
+    }
+}

@@ -1408,3 +1408,164 @@ fn site_network_exceptions_parse_and_name_bad_ranges() {
         "not a CIDR range",
     );
 }
+
+// ---------------------------------------------------------------------------
+// Checks.
+
+#[test]
+fn every_check_parses_and_defaults_apply_per_field() {
+    let c = parse(&yaml(&[
+        "defaults:",
+        "  failure_threshold: 3",
+        "  compression: gzip",
+        "  json_conditions: ['$.status == UP']",
+        "sites:",
+        "  - id: web",
+        "    url: https://web.example/",
+        "    fail_if_header_matches: [{ header: Server, regex: 'nginx/1\\.0', allow_missing: true }]",
+        "    fail_if_header_not_matches: [{ header: content-type, regex: json }]",
+        "    json_conditions: ['$.ok == true', 'len($.items) > 0']",
+        "    max_duration: 2s",
+        "    fail_if_cert_expires_within: 14d",
+        "    fail_if_not_ssl: true",
+        "    valid_http_versions: [HTTP/1.1, HTTP/2.0]",
+        "    addresses: happy_eyeballs",
+        "    ip_version: prefer_ipv6",
+        "    success_threshold: 2",
+        "    histogram_buckets: [0.01, 0.1]",
+    ]))
+    .unwrap();
+    let s = only_site(&c);
+    let k = &s.checks;
+    assert_eq!(k.fail_if_header_matches.len(), 1);
+    assert!(k.fail_if_header_matches[0].allow_missing);
+    assert_eq!(k.fail_if_header_not_matches[0].header, "content-type");
+    assert!(!k.fail_if_header_not_matches[0].allow_missing);
+    // The site's list replaces the default's.
+    let json: Vec<&str> = k.json.iter().map(|j| j.as_str()).collect();
+    assert_eq!(json, ["$.ok == true", "len($.items) > 0"]);
+    assert_eq!(k.max_duration, Some(Duration::from_secs(2)));
+    assert_eq!(
+        k.cert_expires_within,
+        Some(Duration::from_secs(14 * 86_400))
+    );
+    assert!(k.fail_if_not_ssl && !k.fail_if_ssl);
+    assert_eq!(
+        k.http_versions,
+        [http::Version::HTTP_11, http::Version::HTTP_2]
+    );
+    assert_eq!(k.compression, Some(crate::checks::Compression::Gzip));
+    // Compression asks for its encoding.
+    assert_eq!(s.headers["accept-encoding"], "gzip");
+    assert_eq!(s.addresses, AddressMode::HappyEyeballs);
+    assert_eq!(s.ip_version, Some(IpVersion::PreferIpv6));
+    assert_eq!((s.failure_threshold, s.success_threshold), (3, 2));
+    assert_eq!(s.histogram_buckets.as_deref(), Some(&[0.01, 0.1][..]));
+}
+
+#[test]
+fn without_checks_a_site_has_none() {
+    let s = parse(&site_with("regex: ok")).unwrap().sites[0].clone();
+    assert_eq!(s.checks, Checks::default());
+    assert_eq!(s.addresses, AddressMode::First);
+    assert_eq!((s.failure_threshold, s.success_threshold), (1, 1));
+    assert_eq!(s.histogram_buckets, None);
+    assert!(!s.headers.contains_key("accept-encoding"));
+}
+
+#[test]
+fn bad_checks_name_their_field_and_line() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("json_conditions: ['$.a ==']", "json_conditions[0]", ""),
+        (
+            "json_conditions: ['status == UP']",
+            "json_conditions[0]",
+            "",
+        ),
+        (
+            "fail_if_header_matches: [{ header: 'bad header', regex: x }]",
+            "fail_if_header_matches[0].header",
+            "not a valid header name",
+        ),
+        (
+            "fail_if_header_not_matches: [{ header: Server, regex: '(' }]",
+            "fail_if_header_not_matches[0].regex",
+            "invalid regex",
+        ),
+        ("max_duration: soon", "max_duration", "invalid duration"),
+        ("max_duration: 0s", "max_duration", "greater than zero"),
+        (
+            "max_duration: 1m",
+            "max_duration",
+            "longer than timeout 10s",
+        ),
+        (
+            "fail_if_cert_expires_within: forever",
+            "fail_if_cert_expires_within",
+            "invalid duration",
+        ),
+        (
+            "valid_http_versions: [HTTP/3]",
+            "valid_http_versions",
+            "HTTP/1.0, HTTP/1.1, HTTP/2",
+        ),
+        (
+            "valid_http_versions: []",
+            "valid_http_versions",
+            "at least one",
+        ),
+        ("failure_threshold: 0", "failure_threshold", "out of range"),
+        (
+            "success_threshold: 5000",
+            "success_threshold",
+            "out of range",
+        ),
+        (
+            "histogram_buckets: [1, 0.5]",
+            "histogram_buckets",
+            "increasing positive numbers",
+        ),
+        (
+            "proxy: http://proxy.example:3128/\n    addresses: all",
+            "addresses",
+            "only `first` works with a proxy",
+        ),
+    ];
+    for (extra, field, message) in cases {
+        let e = one_error(&site_with(extra));
+        assert_eq!(e.site.as_deref(), Some("web"), "{extra}: {e:#?}");
+        assert_eq!(e.field.as_deref(), Some(*field), "{extra}: {e:#?}");
+        assert!(e.line.is_some(), "{extra}: {e:#?}");
+        assert!(e.message.contains(message), "{extra}: {}", e.message);
+    }
+    let e = one_error(&site_with("fail_if_ssl: true\n    fail_if_not_ssl: true"));
+    check(
+        &e,
+        Some(5),
+        Some("web"),
+        Some("fail_if_not_ssl"),
+        "not both",
+    );
+    let e = one_error(&site_with("addresses: every"));
+    check(
+        &e,
+        Some(4),
+        Some("web"),
+        Some("addresses"),
+        "unknown variant `every`",
+    );
+}
+
+#[test]
+fn bad_checks_in_defaults_are_reported_once_against_defaults() {
+    let e = one_error(&yaml(&[
+        "defaults:",
+        "  json_conditions: ['$.ok = true']",
+        "sites:",
+        "  - id: a",
+        "    url: http://a.example/",
+        "  - id: b",
+        "    url: http://b.example/",
+    ]));
+    check(&e, Some(2), None, Some("defaults.json_conditions[0]"), "");
+}

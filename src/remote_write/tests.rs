@@ -134,13 +134,57 @@ fn histogram_buckets_are_cumulative_with_sum_and_count() {
 #[test]
 fn pushed_samples_match_the_exposition() {
     // Every pushed series is a series of /metrics with the same value: one source of truth.
-    let s = samples(ONE_SITE, Some("eu-1"), &result(ResultClass::Timeout, 1500));
+    let rich = ProbeResult {
+        address: Some("::1".parse().unwrap()),
+        tls_version: Some("TLS 1.3"),
+        chain: Some(Arc::new(crate::tls::ChainInfo {
+            fingerprint_sha256: "ab01".into(),
+            subject: "CN=shop.example".into(),
+            issuer: "CN=Test CA,O=Test".into(),
+            subject_alternative: "shop.example,www.shop.example".into(),
+            serial_number: "1f".into(),
+            last_chain_expiry: 1_800_000_000,
+        })),
+        cert_expiry: Some(1_790_000_000),
+        uncompressed_length: Some(9000),
+        addresses: vec![
+            crate::probe::AddressResult {
+                ip: "::1".parse().unwrap(),
+                class: ResultClass::Success,
+                duration: Duration::from_millis(20),
+            },
+            crate::probe::AddressResult {
+                ip: "127.0.0.2".parse().unwrap(),
+                class: ResultClass::Json,
+                duration: Duration::from_millis(30),
+            },
+        ],
+        ..result(ResultClass::Json, 40)
+    };
+    exposition_matches(&result(ResultClass::Timeout, 1500));
+    let names = exposition_matches(&rich);
+    for name in [
+        "probe_ip_protocol",
+        "probe_tls_version_info",
+        "probe_ssl_last_chain_info",
+        "probe_ssl_last_chain_expiry_timestamp_seconds",
+        "probe_http_uncompressed_body_length",
+        "sitewatch_site_up",
+        "sitewatch_address_probe_success",
+        "sitewatch_address_probe_duration_seconds",
+    ] {
+        assert!(names.contains(name), "{name} not pushed");
+    }
+}
+
+/// Checks one probe's pushed series against the exposition; returns the names pushed.
+fn exposition_matches(r: &ProbeResult) -> std::collections::HashSet<String> {
+    let s = samples(ONE_SITE, Some("eu-1"), r);
     let c = config(ONE_SITE);
     let m = Metrics::new(Some("eu-1".into()));
     m.sites.set_settings(&c.metrics);
     m.sites.insert(&c.sites[0]);
-    m.sites
-        .record(&c.sites[0].key(), &result(ResultClass::Timeout, 1500));
+    m.sites.record(&c.sites[0].key(), r);
     // OpenMetrics, as Prometheus negotiates it: its `le` is written `1.0`, as Prometheus 3
     // also normalizes the classic format's `1`.
     let text = m.encode(true);
@@ -173,6 +217,10 @@ fn pushed_samples_match_the_exposition() {
     // And the other way round: no per-site series of the exposition is left out.
     let site_lines = text.lines().filter(|l| l.contains("site=\"shop\"")).count();
     assert_eq!(site_lines, req.timeseries.len());
+    req.timeseries
+        .iter()
+        .map(|ts| label(ts, "__name__").unwrap().to_string())
+        .collect()
 }
 
 #[test]
