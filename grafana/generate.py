@@ -260,11 +260,11 @@ def overview():
     L = Layout()
     p = []
     p.append(L.row("Now"))
-    p.append(L.place(stat("Sites up", f"count(max by (tenant, site) (probe_success{{{F}}}) == 1) or vector(0)",
-                          description="Sites whose last probe passed, from at least one location."), 4, 4))
-    p.append(L.place(stat("Sites down", f"count(max by (tenant, site) (probe_success{{{F}}}) == 0) or vector(0)",
+    p.append(L.place(stat("Sites up", f"count(max by (tenant, site) (sitewatch_site_up{{{F}}}) == 1) or vector(0)",
+                          description="Sites up from at least one location, as confirmed by each site's failure_threshold and success_threshold (by default: the last probe passed)."), 4, 4))
+    p.append(L.place(stat("Sites down", f"count(max by (tenant, site) (sitewatch_site_up{{{F}}}) == 0) or vector(0)",
                           thresholds=[{"color": "green", "value": None}, {"color": "red", "value": 1}],
-                          description="Sites whose last probe failed from every location."), 4, 4))
+                          description="Sites confirmed down from every location: failure_threshold failed probes in a row (by default: the last probe failed)."), 4, 4))
     p.append(L.place(stat("Probes per second",
                           f"sum(rate(sitewatch_probes_total{{{F}}}[$__rate_interval]))", unit="reqps"), 4, 4))
     p.append(L.place(stat("Failed probes (range)",
@@ -282,7 +282,7 @@ def overview():
     p.append(L.place(table(
         "Every site",
         [
-            target(f"max by (tenant, site, url) (probe_success{{{F}}})", ref="A", instant=True, fmt="table"),
+            target(f"max by (tenant, site, url) (sitewatch_site_up{{{F}}})", ref="A", instant=True, fmt="table"),
             target(f'sum by (tenant, site) (increase(sitewatch_probes_total{{{F},result="success"}}[$__range])) / sum by (tenant, site) (increase(sitewatch_probes_total{{{F}}}[$__range]))',
                    ref="B", instant=True, fmt="table"),
             target(f"histogram_quantile(0.95, sum by (tenant, site, le) (rate(sitewatch_probe_duration_seconds_bucket{{{F}}}[$__range])))",
@@ -352,7 +352,8 @@ def site_detail():
     p = []
     S = FS
     p.append(L.row("Now"))
-    p.append(L.place(stat("Status", f"min(probe_success{{{S}}})", mappings=UP_DOWN, thresholds=RED_GREEN), 4, 4))
+    p.append(L.place(stat("Status", f"min(sitewatch_site_up{{{S}}})", mappings=UP_DOWN, thresholds=RED_GREEN,
+                          description="Confirmed by the site's failure_threshold and success_threshold; by default the last probe's probe_success."), 4, 4))
     p.append(L.place(stat("Status code", f"max(probe_http_status_code{{{S}}})"), 4, 4))
     p.append(L.place(stat("Last probe took", f"max(probe_duration_seconds{{{S}}})", unit="s"), 4, 4))
     p.append(L.place(stat("Content check", f"max(probe_failed_due_to_regex{{{S}}})",
