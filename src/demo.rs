@@ -142,6 +142,14 @@ pub async fn serve_target<F, Fut>(
     }
 }
 
+/// A 200 response with a JSON body.
+fn json(body: &'static str) -> Response<Full<Bytes>> {
+    Response::builder()
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .expect("valid response parts")
+}
+
 /// The demo's targets, running, and the configuration that probes them.
 pub struct Demo {
     /// The directory holding `sitewatch-demo.yaml` and `demo-ca.pem`.
@@ -182,6 +190,12 @@ pub async fn start(dir: &Path) -> Result<Demo, DemoError> {
                     }
                 }
                 "/maintenance" => respond(200, "<h1>Down for maintenance</h1>"),
+                "/health" => json(
+                    r#"{"status":"UP","checks":[{"name":"db","ok":true},{"name":"queue","ok":true}],"replicas":[1,2,3]}"#,
+                ),
+                "/health-degraded" => json(
+                    r#"{"status":"UP","checks":[{"name":"db","ok":true},{"name":"queue","ok":false}],"replicas":[1]}"#,
+                ),
                 "/error" => respond(500, "internal error"),
                 "/old-shop" => Response::builder()
                     .status(301)
@@ -211,8 +225,16 @@ sites:
     regex: "Add to cart"
   - id: demo-slow
     url: http://127.0.0.1:{http_port}/slow
-  - id: demo-flaky
+  - id: demo-flaky             # probe_success flaps; sitewatch_site_up waits for 3 failures in a row
     url: http://127.0.0.1:{http_port}/flaky
+    failure_threshold: 3
+  - id: demo-health
+    url: http://127.0.0.1:{http_port}/health
+    fail_if_header_not_matches: [{{ header: Content-Type, regex: "^application/json" }}]
+    json_conditions: ['$.status == "UP"', '$.checks[*].ok == true', 'len($.replicas) >= 2']
+  - id: demo-health-degraded    # the failing condition is named in /api/v1/sites
+    url: http://127.0.0.1:{http_port}/health-degraded
+    json_conditions: ['$.status == "UP"', '$.checks[*].ok == true', 'len($.replicas) >= 2']
   - id: demo-maintenance
     url: http://127.0.0.1:{http_port}/maintenance
     regex: "Add to cart"
@@ -222,6 +244,7 @@ sites:
   - id: demo-tls-expiring
     url: https://127.0.0.1:{https_port}/
     tls: {{ ca_file: {ca} }}
+    fail_if_cert_expires_within: 14d
   - id: demo-refused
     url: http://127.0.0.1:1/
 "#,

@@ -327,6 +327,8 @@ async fn demo_shows_successes_failures_and_a_certificate_expiry() {
                 "demo-error",
                 "demo-tls-expiring",
                 "demo-refused",
+                "demo-health",
+                "demo-health-degraded",
             ]
             .iter()
             .all(|id| s.site(id, "probe_success").is_some());
@@ -338,6 +340,15 @@ async fn demo_shows_successes_failures_and_a_certificate_expiry() {
     assert!(s.probes("demo-maintenance", "regex") >= 1.0);
     assert!(s.probes("demo-error", "http_status") >= 1.0);
     assert!(s.probes("demo-refused", "connect_error") >= 1.0);
+    assert_eq!(
+        s.site("demo-health", "probe_success"),
+        Some(1.0),
+        "{}",
+        s.text
+    );
+    assert!(s.probes("demo-health-degraded", "json") >= 1.0);
+    // The certificate's 10 days are within the site's 14-day limit.
+    assert!(s.probes("demo-tls-expiring", "cert_expiring") >= 1.0);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

@@ -128,3 +128,12 @@ fn the_schema_refuses_what_the_loader_refuses() {
         assert!(loaded.is_err(), "loader accepted {why}:\n{yaml}");
     }
 }
+
+#[tokio::test]
+async fn the_demo_config_validates() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = sitewatch::demo::start(dir.path()).await.unwrap();
+    let text = std::fs::read_to_string(&demo.config).unwrap();
+    let errors = schema_errors(&text);
+    assert!(errors.is_empty(), "{text}\n{errors:#?}");
+}
