@@ -62,7 +62,17 @@ impl Compression {
 }
 
 /// Which of a name's addresses a probe connects to (`addresses`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Deserialize,
+    serde::Serialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum AddressMode {
     /// The first address in `ip_version` order, as blackbox_exporter does.

@@ -141,7 +141,9 @@ pub enum Auth {
 }
 
 /// Which address family to probe.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum IpVersion {
     /// Addresses in the resolver's order (IPv6 asked for only when there is no IPv4 address,

@@ -62,7 +62,7 @@ struct SiteState {
     buckets: Vec<u64>,
     sum: f64,
     finished_at: Option<SystemTime>,
-    /// When the site's up/down state last changed (or its first probe finished).
+    /// When the site's confirmed up/down state last changed (or its first probe finished).
     since: Option<SystemTime>,
     /// The last 32 outcomes, newest in bit 0 (1 = success): the status page's bar.
     history: u32,
@@ -115,6 +115,8 @@ pub struct SiteStatus {
     pub since: SystemTime,
     /// Recent outcomes, oldest first (true = success), at most 32.
     pub recent: Vec<bool>,
+    /// The confirmed state, `sitewatch_site_up`.
+    pub up: bool,
 }
 
 #[derive(Debug)]
@@ -265,6 +267,7 @@ impl SiteTable {
             .iter()
             .position(|b| secs <= *b)
             .unwrap_or(st.bounds.len());
+        let was_up = st.up;
         st.confirm(result.success());
         st.counts[result.class.index()] += 1;
         if let Some(b) = st.buckets.get_mut(i) {
@@ -273,8 +276,8 @@ impl SiteTable {
         st.sum += secs;
         let finished = result.started_at + result.duration;
         st.finished_at = Some(finished);
-        let changed = st.last.as_ref().map(ProbeResult::success) != Some(result.success());
-        if changed {
+        // The state shown with its age is the confirmed one.
+        if st.last.is_none() || st.up != was_up {
             st.since = Some(finished);
         }
         st.history = (st.history << 1) | u32::from(result.success());
@@ -303,6 +306,7 @@ impl SiteTable {
             since: st.since.unwrap_or(last.started_at),
             last,
             recent,
+            up: st.up,
         })
     }
 

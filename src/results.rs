@@ -295,13 +295,89 @@ pub struct SiteJson<'a> {
     proxy: Option<&'a str>,
     tls_insecure_skip_verify: bool,
     tls_server_name: Option<&'a str>,
+    checks: ChecksJson<'a>,
     last_result: Option<ResultJson<'a>>,
+    /// The confirmed state (`sitewatch_site_up`), once probed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    up: Option<bool>,
     /// Unix seconds of the last up/down change (what the status page shows as "since").
     #[serde(skip_serializing_if = "Option::is_none")]
     state_since: Option<f64>,
     /// The last outcomes, oldest first, at most 32 (true = success).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     recent: Vec<bool>,
+}
+
+/// The checks of a site in [`SiteJson`]; settings left at their defaults are left out.
+#[derive(Serialize)]
+struct ChecksJson<'a> {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    fail_if_header_matches: Vec<HeaderCheckJson<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    fail_if_header_not_matches: Vec<HeaderCheckJson<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    json_conditions: Vec<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_duration_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fail_if_cert_expires_within_seconds: Option<u64>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    fail_if_ssl: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    fail_if_not_ssl: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    valid_http_versions: Vec<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    compression: Option<&'static str>,
+    addresses: crate::checks::AddressMode,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ip_version: Option<crate::config::IpVersion>,
+    failure_threshold: u32,
+    success_threshold: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    histogram_buckets: Option<&'a [f64]>,
+}
+
+#[derive(Serialize)]
+struct HeaderCheckJson<'a> {
+    header: &'a str,
+    regex: &'a str,
+    allow_missing: bool,
+}
+
+impl<'a> ChecksJson<'a> {
+    fn new(site: &'a Site) -> Self {
+        let c = &site.checks;
+        let headers = |list: &'a [crate::checks::HeaderCheck]| {
+            list.iter()
+                .map(|h| HeaderCheckJson {
+                    header: h.header.as_str(),
+                    regex: h.regex.0.as_str(),
+                    allow_missing: h.allow_missing,
+                })
+                .collect()
+        };
+        Self {
+            fail_if_header_matches: headers(&c.fail_if_header_matches),
+            fail_if_header_not_matches: headers(&c.fail_if_header_not_matches),
+            json_conditions: c.json.iter().map(|j| j.as_str()).collect(),
+            max_duration_seconds: c.max_duration.map(|d| d.as_secs_f64()),
+            fail_if_cert_expires_within_seconds: c.cert_expires_within.map(|d| d.as_secs()),
+            fail_if_ssl: c.fail_if_ssl,
+            fail_if_not_ssl: c.fail_if_not_ssl,
+            valid_http_versions: c
+                .http_versions
+                .iter()
+                .map(|v| crate::checks::version_name(*v))
+                .collect(),
+            compression: c.compression.map(|c| c.token()),
+            addresses: site.addresses,
+            ip_version: site.ip_version,
+            failure_threshold: site.failure_threshold,
+            success_threshold: site.success_threshold,
+            histogram_buckets: site.histogram_buckets.as_deref(),
+        }
+    }
 }
 
 impl<'a> SiteJson<'a> {
@@ -337,7 +413,9 @@ impl<'a> SiteJson<'a> {
             proxy: site.proxy.as_ref().map(|p| p.as_str()),
             tls_insecure_skip_verify: site.tls.insecure_skip_verify,
             tls_server_name: site.tls.server_name.as_deref(),
+            checks: ChecksJson::new(site),
             last_result: last.map(ResultJson::new),
+            up: None,
             state_since: None,
             recent: Vec::new(),
         }
@@ -347,6 +425,7 @@ impl<'a> SiteJson<'a> {
     pub fn with_status(mut self, status: Option<&crate::metrics::SiteStatus>) -> Self {
         if let Some(st) = status {
             self.state_since = Some(crate::probe::unix_seconds(st.since));
+            self.up = Some(st.up);
             self.recent = st.recent.clone();
         }
         self

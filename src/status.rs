@@ -77,7 +77,7 @@ header{padding:1rem;border-bottom:1px solid #ccc}h1{margin:0 0 .5rem;font-size:1
 .banner.up{background:#dff5e1;color:#0b5d1e}.banner.down{background:#fde2e1;color:#8a1111}\
 main{padding:0 1rem 1rem}h2{font-size:1.1rem;margin:1.2rem 0 .4rem}\
 table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:.35rem .5rem;border-bottom:1px solid #e4e4e4;vertical-align:top}\
-th{font-size:.85rem;color:#444}.state{font-weight:700}.state.up{color:#0b6b22}.state.down{color:#b00020}\
+th{font-size:.85rem;color:#444}.state{font-weight:700}.state.up{color:#0b6b22}.state.down{color:#b00020}.state.warn{color:#8a5a00}\
 .bar{display:inline-flex;gap:1px}.bar i{display:inline-block;width:5px;height:14px;background:#0b6b22}.bar i.d{background:#b00020}\
 .err{color:#8a1111;max-width:28rem;overflow-wrap:anywhere}nav a{margin-right:.8rem}\
 @media (max-width:700px){.wide{display:none}td,th{padding:.3rem}}";
@@ -95,15 +95,17 @@ pub fn render(sites: &[std::sync::Arc<Site>], table: &SiteTable, q: &Query) -> S
         .collect();
     let down = rows
         .iter()
-        .filter(|(_, st)| st.as_ref().is_some_and(|st| !st.last.success()))
+        .filter(|(_, st)| st.as_ref().is_some_and(|st| !st.up))
         .count();
     let pending = rows.iter().filter(|(_, st)| st.is_none()).count();
     // Grouped by tenant, tenants with a site down first; in a group, down sites first, then
-    // sites not probed yet, then the rest, each by id.
+    // failing ones not confirmed down yet, sites not probed yet, then the rest, each by id.
+    // Down is the confirmed state (`failure_threshold`), as `sitewatch_site_up` says.
     let rank = |st: &Option<SiteStatus>| match st {
-        Some(st) if !st.last.success() => 0,
-        None => 1,
-        Some(_) => 2,
+        Some(st) if !st.up => 0,
+        Some(st) if !st.last.success() => 1,
+        None => 2,
+        Some(_) => 3,
     };
     // The group of a site: its tenant, or with `?group=LABEL` that label's value.
     let group_of = |s: &Site| -> Option<String> {
@@ -118,7 +120,7 @@ pub fn render(sites: &[std::sync::Arc<Site>], table: &SiteTable, q: &Query) -> S
     };
     let troubled: std::collections::HashSet<Option<String>> = rows
         .iter()
-        .filter(|(_, st)| rank(st) == 0)
+        .filter(|(_, st)| rank(st) <= 1)
         .map(|(s, _)| group_of(s))
         .collect();
     rows.sort_by(|(a, sa), (b, sb)| {
@@ -227,10 +229,12 @@ pub fn render(sites: &[std::sync::Arc<Site>], table: &SiteTable, q: &Query) -> S
                 "<td class=\"state\">PENDING</td><td></td><td class=\"wide\"></td><td></td><td class=\"wide\"></td><td></td>",
             ),
             Some(st) => {
-                let (cls, word) = if st.last.success() {
-                    ("up", "UP")
-                } else {
-                    ("down", "DOWN")
+                // Between confirmations the word says where the site is heading.
+                let (cls, word) = match (st.up, st.last.success()) {
+                    (true, true) => ("up", "UP"),
+                    (true, false) => ("warn", "FAILING"),
+                    (false, false) => ("down", "DOWN"),
+                    (false, true) => ("down", "RECOVERING"),
                 };
                 let _ = write!(
                     h,
@@ -341,5 +345,45 @@ mod tests {
             Query::parse(Some("group=team")).group.as_deref(),
             Some("team")
         );
+    }
+}
+
+#[cfg(test)]
+mod confirmation_tests {
+    use super::*;
+    use crate::probe::{ProbeResult, ResultClass};
+
+    /// The state word of the only row of the page.
+    fn word(table: &SiteTable, sites: &[std::sync::Arc<Site>]) -> String {
+        let html = render(sites, table, &Query::parse(None));
+        let at = html.find("<td class=\"state").expect("a state cell");
+        let cell = &html[at..];
+        cell[cell.find('>').unwrap() + 1..cell.find("</td>").unwrap()].to_string()
+    }
+
+    #[test]
+    fn the_page_shows_the_confirmed_state_and_where_it_is_heading() {
+        let config = crate::config::parse_sources(
+            &[(
+                "a.yaml".into(),
+                "sites:\n  - { id: a, url: 'http://127.0.0.1:9/', failure_threshold: 2, success_threshold: 2 }\n"
+                    .into(),
+            )],
+            &crate::config::SystemSecrets,
+        )
+        .unwrap();
+        let metrics = crate::metrics::Metrics::new(None);
+        let table = &metrics.sites;
+        table.insert(&config.sites[0]);
+        let probe = |class| {
+            let r = ProbeResult::for_test(class, SystemTime::now(), Duration::from_millis(5));
+            table.record("a", &r);
+            word(table, &config.sites)
+        };
+        assert_eq!(probe(ResultClass::Success), "UP");
+        assert_eq!(probe(ResultClass::HttpStatus), "FAILING");
+        assert_eq!(probe(ResultClass::HttpStatus), "DOWN");
+        assert_eq!(probe(ResultClass::Success), "RECOVERING");
+        assert_eq!(probe(ResultClass::Success), "UP");
     }
 }

@@ -94,11 +94,15 @@ fn config(sites: &str) -> String {
     format!("defaults:\n  interval: 1s\n  timeout: 900ms\nsites:\n{sites}")
 }
 
+/// A site as the API shows it.
+async fn site_json(ex: &Exporter, id: &str) -> serde_json::Value {
+    let text = common::get_text(&ex.url(&format!("/api/v1/sites/{id}"))).await;
+    serde_json::from_str(&text).unwrap()
+}
+
 /// The last result of a site as the API shows it.
 async fn last_result(ex: &Exporter, id: &str) -> serde_json::Value {
-    let text = common::get_text(&ex.url(&format!("/api/v1/sites/{id}"))).await;
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    v["last_result"].clone()
+    site_json(ex, id).await["last_result"].clone()
 }
 
 fn assert_class(s: &Scrape, id: &str, class: &str) {
@@ -131,6 +135,14 @@ async fn json_conditions_pass_and_each_failure_names_its_condition() {
         // A failed JSON check is not a failed regex.
         assert_eq!(s.site(id, "probe_failed_due_to_regex"), Some(0.0));
     }
+    // The API lists a site's checks with its config.
+    let up = site_json(&ex, "up").await;
+    assert_eq!(
+        up["checks"]["json_conditions"][2], "$.latency_ms < 250",
+        "{up}"
+    );
+    assert_eq!(up["checks"]["addresses"], "first");
+    assert_eq!(up["up"], true);
     let error = |r: serde_json::Value| r["error"].as_str().unwrap_or_default().to_string();
     let e = error(last_result(&ex, "degraded").await);
     assert!(
@@ -531,6 +543,9 @@ async fn confirmation_thresholds_hold_a_flapping_site_up_until_failures_persist(
         })
         .await;
     assert!(s.probes("flappy", "http_status") >= failures_before + 2.0);
+    let api = site_json(&ex, "flappy").await;
+    assert_eq!(api["checks"]["failure_threshold"], 2, "{api}");
+    assert_eq!(api["up"], false, "{api}");
     assert_eq!(s.site("flappy", "probe_success"), Some(0.0));
     // Recovery: up again only after three good probes in a row. No probe succeeds in mode 1,
     // so the count now is the count before recovery.
