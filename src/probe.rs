@@ -351,7 +351,10 @@ impl Prober {
             ..empty_result(started_at)
         };
         let ips = match lookup {
-            Ok(Ok(ips)) => ips,
+            Ok(Ok(mut ips)) => {
+                ips.truncate(MAX_ADDRESSES);
+                ips
+            }
             Ok(Err(e)) => return failed(ResultClass::DnsError, e.to_string()),
             Err(_) => {
                 return failed(
@@ -812,9 +815,16 @@ impl Prober {
             }
         };
         t.address = ips.first().copied();
+        let mut ips = ips;
+        ips.truncate(MAX_ADDRESSES);
         Ok(ips)
     }
 }
+
+/// Most addresses of one name a probe connects to (`addresses: all`) or tries
+/// (`happy_eyeballs`): a name with hundreds of records must not turn one probe into hundreds
+/// of connections.
+pub const MAX_ADDRESSES: usize = 16;
 
 /// Failover delay between connection attempts (RFC 8305's recommended 250 ms).
 const CONNECTION_ATTEMPT_DELAY: Duration = Duration::from_millis(250);

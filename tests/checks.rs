@@ -45,6 +45,7 @@ async fn target(req: Request<Incoming>) -> Response<Full<Bytes>> {
         "/json/up" => with_headers(UP_JSON, &[("content-type", "application/json")]),
         "/json/degraded" => with_headers(DEGRADED_JSON, &[("content-type", "application/json")]),
         "/html" => respond(200, "<h1>not json</h1>"),
+        "/deep-json" => respond(200, "[".repeat(100_000)),
         "/headers" => with_headers(
             "ok",
             &[
@@ -125,9 +126,10 @@ async fn json_conditions_pass_and_each_failure_names_its_condition() {
          \x20     - '$.status == UP'\n      - '$.checks[*].ok == true'\n\
          \x20 - id: slow-backend\n    url: http://{t}/json/degraded\n    json_conditions: ['$.latency_ms < 250']\n\
          \x20 - id: empty\n    url: http://{t}/json/degraded\n    json_conditions: ['len($.items) > 0']\n\
-         \x20 - id: html\n    url: http://{t}/html\n    json_conditions: ['$.status == \"UP\"']\n"
+         \x20 - id: html\n    url: http://{t}/html\n    json_conditions: ['$.status == \"UP\"']\n\
+         \x20 - id: deep\n    url: http://{t}/deep-json\n    json_conditions: ['$.status == \"UP\"']\n"
     )));
-    let ids = ["up", "degraded", "slow-backend", "empty", "html"];
+    let ids = ["up", "degraded", "slow-backend", "empty", "html", "deep"];
     let s = ex.probed_all(&ids).await;
     assert_eq!(s.site("up", "probe_success"), Some(1.0), "{}", s.text);
     for id in &ids[1..] {
@@ -158,6 +160,12 @@ async fn json_conditions_pass_and_each_failure_names_its_condition() {
     assert!(e.contains("len($.items) > 0"), "{e}");
     let e = error(last_result(&ex, "html").await);
     assert!(e.starts_with("body is not JSON"), "{e}");
+    // 100,000 unclosed brackets hit the parser's nesting limit: an error, not a crash.
+    let e = error(last_result(&ex, "deep").await);
+    assert!(
+        e.starts_with("body is not JSON: recursion limit exceeded"),
+        "{e}"
+    );
 }
 
 #[tokio::test]
@@ -397,17 +405,28 @@ async fn every_address_of_a_name_can_be_probed_or_failed_over() {
     let (dns, _) = dns_server().await;
     let healthy = "v4-127-0-0-2.v4-127-0-0-3.pool.sitewatch.test";
     let broken = "v4-127-0-0-4.v4-127-0-0-2.v4-127-0-0-3.pool.sitewatch.test";
+    // 127.0.0.5 is denied by the network policy: checked per address before any connect.
+    let denied = "v4-127-0-0-5.v4-127-0-0-2.pool.sitewatch.test";
     let ex = Exporter::start(&format!(
         "defaults: {{ interval: 1s, timeout: 900ms }}\n\
-         network:\n  resolver: [\"{dns}\"]\n\
+         network:\n  resolver: [\"{dns}\"]\n  deny: [127.0.0.5/32]\n\
          sites:\n\
+         \x20 - id: all-denied-one\n    url: http://{denied}:{port}/\n    addresses: all\n\
+         \x20 - id: failover-denied\n    url: http://{denied}:{port}/\n    addresses: happy_eyeballs\n\
          \x20 - id: all-good\n    url: http://{healthy}:{port}/\n    addresses: all\n\
          \x20 - id: all-one-down\n    url: http://{broken}:{port}/\n    addresses: all\n\
          \x20 - id: first\n    url: http://{broken}:{port}/\n\
          \x20 - id: failover\n    url: http://{broken}:{port}/\n    addresses: happy_eyeballs\n    regex: '^127\\.0\\.0\\.2$'\n"
     ));
     let s = ex
-        .probed_all(&["all-good", "all-one-down", "first", "failover"])
+        .probed_all(&[
+            "all-good",
+            "all-one-down",
+            "first",
+            "failover",
+            "all-denied-one",
+            "failover-denied",
+        ])
         .await;
     let addr = |id: &str, ip: &str| {
         s.get(
@@ -444,6 +463,44 @@ async fn every_address_of_a_name_can_be_probed_or_failed_over() {
     assert_eq!(s.site("failover", "probe_success"), Some(1.0), "{}", s.text);
     assert_eq!(s.site("failover", "probe_ip_protocol"), Some(4.0));
     assert_eq!(last_result(&ex, "failover").await["address"], "127.0.0.2");
+    // The policy applies to every address: `all` reports the denied one as denied, failover
+    // skips it and connects to the allowed one.
+    assert_class(&s, "all-denied-one", "denied");
+    assert_eq!(addr("all-denied-one", "127.0.0.5"), Some(0.0));
+    assert_eq!(addr("all-denied-one", "127.0.0.2"), Some(1.0));
+    assert_eq!(
+        s.site("failover-denied", "probe_success"),
+        Some(1.0),
+        "{}",
+        s.text
+    );
+    assert_eq!(
+        last_result(&ex, "failover-denied").await["address"],
+        "127.0.0.2"
+    );
+}
+
+#[tokio::test]
+async fn every_address_stops_at_sixteen() {
+    let (dns, _) = dns_server().await;
+    let port = common::refused_port().await;
+    let ex = Exporter::start(&format!(
+        "defaults: {{ interval: 1s, timeout: 900ms }}\nnetwork:\n  resolver: [\"{dns}\"]\n\
+         sites:\n  - id: crowd\n    url: http://v4range-127-0-0-10-29.sitewatch.test:{port}/\n    addresses: all\n"
+    ));
+    let s = ex.probed("crowd").await;
+    let probed: Vec<&str> = s
+        .of_site("crowd")
+        .iter()
+        .filter(|x| x.name == "sitewatch_address_probe_success")
+        .map(|x| x.labels["address"].as_str())
+        .collect();
+    assert_eq!(probed.len(), sitewatch::probe::MAX_ADDRESSES, "{}", s.text);
+    assert!(
+        probed.contains(&"127.0.0.25") && !probed.contains(&"127.0.0.26"),
+        "{probed:?}"
+    );
+    assert_class(&s, "crowd", "connect_error");
 }
 
 #[tokio::test]

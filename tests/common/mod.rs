@@ -355,7 +355,8 @@ pub async fn refused_port() -> u16 {
 
 /// A DNS server on 127.0.0.1: names under `sitewatch.test` other than `missing.sitewatch.test`
 /// answer A 127.0.0.1, or the addresses their labels spell (`v4-127-0-0-2.v6-loopback.x.sitewatch.test`:
-/// A 127.0.0.2 and AAAA ::1); everything else is NXDOMAIN. Returns its address and a query counter.
+/// A 127.0.0.2 and AAAA ::1; `v4range-127-0-0-10-29` spells twenty A records); everything
+/// else is NXDOMAIN. Returns its address and a query counter.
 pub async fn dns_server() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
     let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind dns");
     let addr = socket.local_addr().unwrap();
@@ -409,6 +410,16 @@ fn dns_reply(query: &[u8]) -> Option<(Vec<u8>, String)> {
             parts.try_into().ok()
         })
         .collect();
+    // `v4range-127-0-0-10-29`: A records 127.0.0.10 to 127.0.0.29.
+    for l in &labels {
+        let Some(spec) = l.strip_prefix("v4range-") else {
+            continue;
+        };
+        let n: Vec<u8> = spec.split('-').filter_map(|p| p.parse().ok()).collect();
+        if let [a, b, c, from, to] = n[..] {
+            v4.extend((from..=to).map(|d| [a, b, c, d]));
+        }
+    }
     if v4.is_empty() {
         v4.push([127, 0, 0, 1]);
     }
