@@ -126,7 +126,22 @@ fn target_url(farm: &Farm, i: usize, tls: bool, fast_only: bool) -> String {
     }
 }
 
+/// What the checks row asks of every page, on both exporters: a header regex, a body regex that
+/// must match and one that must not.
+const SITEWATCH_CHECKS: &str = "    fail_if_header_not_matches: [{ header: Content-Type, regex: '^text/html' }]\n    regex: 'x{64}'\n    regex_absent: maintenance\n";
+
 fn sitewatch_config(farm: &Farm, n: usize, interval: &str, tls: bool, fast_only: bool) -> String {
+    sitewatch_config_with(farm, n, interval, tls, fast_only, "")
+}
+
+fn sitewatch_config_with(
+    farm: &Farm,
+    n: usize,
+    interval: &str,
+    tls: bool,
+    fast_only: bool,
+    per_site: &str,
+) -> String {
     let mut out = String::with_capacity(n * 80);
     let _ = write!(
         out,
@@ -141,6 +156,7 @@ fn sitewatch_config(farm: &Farm, n: usize, interval: &str, tls: bool, fast_only:
             "  - id: s{i}\n    url: {}",
             target_url(farm, i, tls, fast_only)
         );
+        out.push_str(per_site);
     }
     out
 }
@@ -155,7 +171,10 @@ fn start_blackbox(bin: &str, dir: &Path, ca: &Path) -> Option<Proc> {
         &config,
         format!(
             "modules:\n  http_2xx:\n    prober: http\n    timeout: 2s\n    http:\n      preferred_ip_protocol: ip4\n\
-             \x20 https_2xx:\n    prober: http\n    timeout: 2s\n    http:\n      preferred_ip_protocol: ip4\n      tls_config:\n        ca_file: {}\n",
+             \x20 https_2xx:\n    prober: http\n    timeout: 2s\n    http:\n      preferred_ip_protocol: ip4\n      tls_config:\n        ca_file: {}\n\
+             \x20 http_checks:\n    prober: http\n    timeout: 2s\n    http:\n      preferred_ip_protocol: ip4\n\
+             \x20     fail_if_header_not_matches: [{{ header: Content-Type, regexp: '^text/html' }}]\n\
+             \x20     fail_if_body_not_matches_regexp: ['x{{64}}']\n      fail_if_body_matches_regexp: [maintenance]\n",
             ca.display()
         ),
     )
@@ -241,7 +260,12 @@ impl Sizes {
     }
 }
 
-async fn sitewatch_cpu(farm: &Farm, dir: &Path, tls: bool, saturate: bool, s: &Sizes) -> Cpu {
+async fn sitewatch_cpu(
+    farm: &Farm,
+    dir: &Path,
+    (tls, saturate, checks): (bool, bool, bool),
+    s: &Sizes,
+) -> Cpu {
     // Fixed: 100 probes/s of the realistic mix. Saturation: fast pages, far more than one core can do.
     let (n, interval, fast) = match (saturate, s.quick) {
         (false, _) => (1000, "10s", false),
@@ -249,7 +273,12 @@ async fn sitewatch_cpu(farm: &Farm, dir: &Path, tls: bool, saturate: bool, s: &S
         (true, true) => (2000, "1s", true),
     };
     let path = dir.join("cpu.yaml");
-    std::fs::write(&path, sitewatch_config(farm, n, interval, tls, fast)).unwrap();
+    let per_site = if checks { SITEWATCH_CHECKS } else { "" };
+    std::fs::write(
+        &path,
+        sitewatch_config_with(farm, n, interval, tls, fast, per_site),
+    )
+    .unwrap();
     let p = start_sitewatch(&path, &exporter_cpu());
     // Sites start spread over one interval; measure after the first one.
     tokio::time::sleep(parse_secs(interval) + Duration::from_secs(2)).await;
@@ -260,8 +289,17 @@ fn parse_secs(s: &str) -> Duration {
     humantime::parse_duration(s).unwrap()
 }
 
-async fn blackbox_cpu(farm: &Farm, bb: &Proc, tls: bool, saturate: bool, s: &Sizes) -> Cpu {
-    let module = if tls { "https_2xx" } else { "http_2xx" };
+async fn blackbox_cpu(
+    farm: &Farm,
+    bb: &Proc,
+    (tls, saturate, checks): (bool, bool, bool),
+    s: &Sizes,
+) -> Cpu {
+    let module = match (tls, checks) {
+        (_, true) => "http_checks",
+        (true, false) => "https_2xx",
+        (false, false) => "http_2xx",
+    };
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(512)
         .build()
@@ -436,20 +474,32 @@ async fn main() {
     if let Some(bb) = &bb {
         wait_http(&format!("http://{}/metrics", bb.addr)).await;
     }
-    let cpu_runs = if run("cpu") { 4 } else { 0 };
+    let cpu_runs = if run("cpu") { 5 } else { 0 };
     // CPU_ROWS=2,4: only those rows of the CPU table (1-based), e.g. to profile one of them.
     let cpu_rows: Option<Vec<usize>> = std::env::var("CPU_ROWS")
         .ok()
         .map(|v| v.split(',').filter_map(|r| r.trim().parse().ok()).collect());
-    for (tls, saturate, label) in [
-        (false, false, "HTTP, 100 probes/s, realistic mix"),
-        (false, true, "HTTP, saturation, fast pages"),
+    for (tls, saturate, checks, label) in [
+        (false, false, false, "HTTP, 100 probes/s, realistic mix"),
+        (false, true, false, "HTTP, saturation, fast pages"),
         (
             true,
             false,
+            false,
             "HTTPS (full handshake), 100 probes/s, realistic mix",
         ),
-        (true, true, "HTTPS (full handshake), saturation, fast pages"),
+        (
+            true,
+            true,
+            false,
+            "HTTPS (full handshake), saturation, fast pages",
+        ),
+        (
+            false,
+            true,
+            true,
+            "HTTP, saturation, header + body regex checks",
+        ),
     ]
     .into_iter()
     .take(cpu_runs)
@@ -461,9 +511,10 @@ async fn main() {
     })
     .map(|(_, row)| row)
     {
-        let sw = sitewatch_cpu(&farm, dir.path(), tls, saturate, &sizes).await;
+        let row = (tls, saturate, checks);
+        let sw = sitewatch_cpu(&farm, dir.path(), row, &sizes).await;
         let bbc = match &bb {
-            Some(bb) => Some(blackbox_cpu(&farm, bb, tls, saturate, &sizes).await),
+            Some(bb) => Some(blackbox_cpu(&farm, bb, row, &sizes).await),
             None => None,
         };
         let (bps, bcpu, bsw, ratio) = match bbc {
