@@ -480,6 +480,64 @@ async fn every_address_of_a_name_can_be_probed_or_failed_over() {
     );
 }
 
+/// A listener on `ip:port` whose accept queue is full: the kernel drops further SYNs, so a
+/// connection to it hangs instead of being refused. Keep what it returns to keep it full.
+async fn black_hole(
+    ip: [u8; 4],
+    port: u16,
+) -> (tokio::net::TcpListener, Vec<tokio::net::TcpStream>) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from((ip, port))).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut held = Vec::new();
+    // A backlog of 1 holds two connections; more may be needed on other kernels.
+    for _ in 0..4 {
+        match tokio::time::timeout(
+            Duration::from_millis(500),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            Ok(Ok(c)) => held.push(c),
+            _ => break,
+        }
+    }
+    (listener, held)
+}
+
+#[tokio::test]
+async fn happy_eyeballs_moves_on_from_an_address_that_does_not_answer() {
+    let port = same_port_targets(&[[127, 0, 0, 2]]).await;
+    let _held = black_hole([127, 0, 0, 6], port).await;
+    let (dns, _) = dns_server().await;
+    let name = "v4-127-0-0-6.v4-127-0-0-2.hole.sitewatch.test";
+    let ex = Exporter::start(&format!(
+        "defaults: {{ interval: 1s, timeout: 900ms }}\nnetwork:\n  resolver: [\"{dns}\"]\n\
+         sites:\n\
+         \x20 - id: failover\n    url: http://{name}:{port}/\n    addresses: happy_eyeballs\n\
+         \x20 - id: first\n    url: http://{name}:{port}/\n"
+    ));
+    let s = ex.probed_all(&["failover", "first"]).await;
+    // The first address never answers: the first-address probe times out during connect...
+    assert_class(&s, "first", "timeout");
+    let e = last_result(&ex, "first").await["error"].clone();
+    assert_eq!(e, "timed out after 900ms during connect");
+    // ...while failover starts the next address after 250 ms and connects there.
+    assert_eq!(s.site("failover", "probe_success"), Some(1.0), "{}", s.text);
+    assert_eq!(last_result(&ex, "failover").await["address"], "127.0.0.2");
+    let connect = s
+        .get(
+            "probe_http_duration_seconds",
+            &[("site", "failover"), ("phase", "connect")],
+        )
+        .unwrap();
+    assert!(
+        connect >= 0.25,
+        "connect took {connect} s, less than the attempt delay"
+    );
+}
+
 #[tokio::test]
 async fn every_address_stops_at_sixteen() {
     let (dns, _) = dns_server().await;
