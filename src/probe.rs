@@ -269,24 +269,13 @@ impl Failure {
 }
 
 /// What a probe has measured so far; survives a timeout that drops the probe's future.
-#[derive(Debug, Default)]
 struct Trace {
     stage: &'static str,
     /// The address the site's own host is pinned to (`addresses: all`): an input, not a
     /// measurement.
     pin: Option<IpAddr>,
-    phases: Phases,
-    status_code: u16,
-    content_length: u64,
-    redirects: u32,
-    ssl: bool,
-    http_version: f64,
-    cert_expiry: Option<i64>,
-    failed_due_to_regex: bool,
-    address: Option<IpAddr>,
-    tls_version: Option<&'static str>,
-    chain: Option<Arc<tls::ChainInfo>>,
-    uncompressed_length: Option<u64>,
+    /// The result being filled in; its outcome, times and error are set when the probe ends.
+    r: ProbeResult,
 }
 
 /// Aborts the connection task when the probe is done with it (or is dropped by its timeout).
@@ -416,10 +405,9 @@ impl Prober {
         let mut trace = Trace {
             stage: "start",
             pin,
-            ..Trace::default()
+            r: empty_result(started_at),
         };
         let outcome = tokio::time::timeout(budget, self.run(site, &mut trace)).await;
-        let duration = start.elapsed();
         let (class, error) = match outcome {
             Ok(Ok(())) => (ResultClass::Success, None),
             Ok(Err(f)) => (f.class, Some(f.message)),
@@ -433,23 +421,10 @@ impl Prober {
             ),
         };
         ProbeResult {
-            started_at,
-            duration,
+            duration: start.elapsed(),
             class,
             error,
-            phases: trace.phases,
-            status_code: trace.status_code,
-            content_length: trace.content_length,
-            redirects: trace.redirects,
-            ssl: trace.ssl,
-            http_version: trace.http_version,
-            cert_expiry: trace.cert_expiry,
-            failed_due_to_regex: trace.failed_due_to_regex,
-            address: trace.address,
-            tls_version: trace.tls_version,
-            chain: trace.chain,
-            uncompressed_length: trace.uncompressed_length,
-            addresses: Vec::new(),
+            ..trace.r
         }
     }
 
@@ -462,9 +437,9 @@ impl Prober {
         loop {
             let (response, _conn) = self.hop(site, &url, &method, &body, send_auth, t).await?;
             let status = response.status();
-            t.status_code = status.as_u16();
-            t.ssl = url.scheme() == "https";
-            t.http_version = match response.version() {
+            t.r.status_code = status.as_u16();
+            t.r.ssl = url.scheme() == "https";
+            t.r.http_version = match response.version() {
                 Version::HTTP_09 => 0.9,
                 Version::HTTP_10 => 1.0,
                 Version::HTTP_2 => 2.0,
@@ -475,7 +450,7 @@ impl Prober {
             if site.follow_redirects && status.is_redirection() {
                 if let Some(location) = location {
                     let next = redirect_target(&url, &location)?;
-                    if t.redirects >= site.max_redirects {
+                    if t.r.redirects >= site.max_redirects {
                         return Err(Failure::new(
                             ResultClass::Error,
                             format!("too many redirects (limit {})", site.max_redirects),
@@ -487,7 +462,7 @@ impl Prober {
                             format!("redirect loop: {next} was already visited"),
                         ));
                     }
-                    t.redirects += 1;
+                    t.r.redirects += 1;
                     // Credentials go only to the origin they were configured for.
                     send_auth &= next.origin() == site.url.origin();
                     if status == http::StatusCode::SEE_OTHER
@@ -512,7 +487,7 @@ impl Prober {
     ) -> Result<(), Failure> {
         let checks = &site.checks;
         let version = response.version();
-        let head_check = check_head(site, version, response.headers(), t.ssl);
+        let head_check = check_head(site, version, response.headers(), t.r.ssl);
         let encoding = response
             .headers()
             .get(CONTENT_ENCODING)
@@ -529,8 +504,8 @@ impl Prober {
                 Some(Err(e)) => break Err(e),
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
-                        t.content_length += data.len() as u64;
-                        if t.content_length > site.max_body_bytes {
+                        t.r.content_length += data.len() as u64;
+                        if t.r.content_length > site.max_body_bytes {
                             too_large = true;
                             break Ok(());
                         }
@@ -541,14 +516,14 @@ impl Prober {
                 }
             }
         };
-        t.phases.transfer += start.elapsed();
+        t.r.phases.transfer += start.elapsed();
         if let Err(e) = read {
             return Err(Failure::new(
                 ResultClass::Error,
                 format!("reading the body failed: {}", error_chain(&e)),
             ));
         }
-        let status = t.status_code;
+        let status = t.r.status_code;
         if !site.valid_status.iter().any(|r| r.contains(&status)) {
             let ranges: Vec<String> = site
                 .valid_status
@@ -571,7 +546,7 @@ impl Prober {
         }
         if let Err(f) = head_check {
             if f.class == ResultClass::Header {
-                t.failed_due_to_regex = true;
+                t.r.failed_due_to_regex = true;
             }
             return Err(f);
         }
@@ -591,7 +566,7 @@ impl Prober {
         };
         if let Some(re) = &site.regex {
             if !re.0.is_match(&buf) {
-                t.failed_due_to_regex = true;
+                t.r.failed_due_to_regex = true;
                 return Err(Failure::new(
                     ResultClass::Regex,
                     format!("body does not match regex {:?}", re.0.as_str()),
@@ -600,7 +575,7 @@ impl Prober {
         }
         if let Some(re) = &site.regex_absent {
             if re.0.is_match(&buf) {
-                t.failed_due_to_regex = true;
+                t.r.failed_due_to_regex = true;
                 return Err(Failure::new(
                     ResultClass::Regex,
                     format!("body matches regex_absent {:?}", re.0.as_str()),
@@ -617,7 +592,7 @@ impl Prober {
                 })?;
             }
         }
-        if let (Some(within), Some(expiry)) = (checks.cert_expires_within, t.cert_expiry) {
+        if let (Some(within), Some(expiry)) = (checks.cert_expires_within, t.r.cert_expiry) {
             let left = expiry - unix_seconds(SystemTime::now()) as i64;
             if left < within.as_secs() as i64 {
                 let when = httpdate::fmt_http_date(
@@ -672,7 +647,7 @@ impl Prober {
         }
         match checks::decode(found, &body, site.max_body_bytes) {
             Ok(out) => {
-                t.uncompressed_length = Some(out.len() as u64);
+                t.r.uncompressed_length = Some(out.len() as u64);
                 Ok(out)
             }
             Err(checks::DecodeError::TooLarge(limit)) => Err(Failure::new(
@@ -730,13 +705,13 @@ impl Prober {
         t.stage = "connect";
         let start = Instant::now();
         let (mut tcp, ip) = connect_any(&allowed, connect_port).await?;
-        t.address = Some(ip);
+        t.r.address = Some(ip);
         let _ = tcp.set_nodelay(true);
         let tunnel = site.proxy.is_some() && https;
         if tunnel {
             connect_tunnel(&mut tcp, url, port).await?;
         }
-        t.phases.connect += start.elapsed();
+        t.r.phases.connect += start.elapsed();
 
         let host = url.host_str().unwrap_or_default();
         let (io, h2): (Box<dyn IoBox>, bool) = if https {
@@ -758,13 +733,13 @@ impl Prober {
                     format!("TLS handshake failed: {}", error_chain(&e)),
                 )
             })?;
-            t.phases.tls += start.elapsed();
+            t.r.phases.tls += start.elapsed();
             let session = stream.get_ref().1;
             if let Some(chain) = session.peer_certificates() {
-                t.cert_expiry = tls::earliest_expiry(chain);
-                t.chain = tls::chain_info(chain).map(Arc::new);
+                t.r.cert_expiry = tls::earliest_expiry(chain);
+                t.r.chain = tls::chain_info(chain).map(Arc::new);
             }
-            t.tls_version = session.protocol_version().map(tls::version_name);
+            t.r.tls_version = session.protocol_version().map(tls::version_name);
             let h2 = session.alpn_protocol() == Some(b"h2");
             (Box::new(stream), h2)
         } else {
@@ -788,7 +763,7 @@ impl Prober {
                 format!("HTTP request failed: {}", error_chain(&e)),
             )
         })?;
-        t.phases.processing += start.elapsed();
+        t.r.phases.processing += start.elapsed();
         Ok((response, conn))
     }
 
@@ -804,7 +779,7 @@ impl Prober {
                 let version = site.ip_version.unwrap_or(self.network.ip_version);
                 let every = site.addresses == AddressMode::HappyEyeballs && site.proxy.is_none();
                 let found = self.resolver.lookup_all(name, version, every).await;
-                t.phases.resolve += start.elapsed();
+                t.r.phases.resolve += start.elapsed();
                 found.map_err(|e| Failure::new(ResultClass::DnsError, e.to_string()))?
             }
             None => {
@@ -814,7 +789,7 @@ impl Prober {
                 ))
             }
         };
-        t.address = ips.first().copied();
+        t.r.address = ips.first().copied();
         let mut ips = ips;
         ips.truncate(MAX_ADDRESSES);
         Ok(ips)
