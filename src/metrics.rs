@@ -1159,6 +1159,54 @@ mod tests {
     }
 
     #[test]
+    fn tls_details_can_be_dropped() {
+        let config = crate::config::parse_sources(
+            &[(
+                "a.yaml".into(),
+                "sites:\n  - { id: a, url: 'https://127.0.0.1:9/' }\n".into(),
+            )],
+            &crate::config::SystemSecrets,
+        )
+        .unwrap();
+        let result = ProbeResult {
+            tls_version: Some("TLS 1.3"),
+            chain: Some(Arc::new(crate::tls::ChainInfo {
+                fingerprint_sha256: "ab".into(),
+                subject: "CN=a".into(),
+                issuer: "CN=ca".into(),
+                subject_alternative: "a".into(),
+                serial_number: "1".into(),
+                last_chain_expiry: 2_000_000_000,
+            })),
+            cert_expiry: Some(2_000_000_000),
+            ..ProbeResult::for_test(ResultClass::Success, SystemTime::now(), Duration::ZERO)
+        };
+        let text = |tls_details: bool| {
+            let m = Metrics::new(None);
+            m.sites.set_settings(&MetricsSettings {
+                tls_details,
+                ..MetricsSettings::default()
+            });
+            m.sites.insert(&config.sites[0]);
+            m.sites.record("a", &result);
+            m.encode(false)
+        };
+        let details = [
+            "probe_tls_version_info{",
+            "probe_ssl_last_chain_info{",
+            "probe_ssl_last_chain_expiry_timestamp_seconds{",
+        ];
+        let on = text(true);
+        let off = text(false);
+        for name in details {
+            assert!(on.contains(name), "{name} missing:\n{on}");
+            assert!(!off.contains(name), "{name} not dropped:\n{off}");
+        }
+        // The expiry every alert uses stays.
+        assert!(off.contains("probe_ssl_earliest_cert_expiry{"));
+    }
+
+    #[test]
     fn a_site_keeps_its_own_buckets_and_a_changed_layout_resets_only_it() {
         let config = crate::config::parse_sources(
             &[(

@@ -370,6 +370,7 @@ async fn tls_details_versions_and_certificate_expiry_checks() {
         s.site("tls", "probe_ssl_last_chain_expiry_timestamp_seconds"),
         Some(not_after as f64)
     );
+    common::assert_promtool_clean(&common::get_text(&ex.url("/metrics")).await);
     assert_eq!(s.site("plain", "probe_tls_version_info"), None);
     assert_eq!(s.site("plain", "probe_ssl_last_chain_info"), None);
 }
@@ -463,6 +464,7 @@ async fn every_address_of_a_name_can_be_probed_or_failed_over() {
     assert_eq!(s.site("failover", "probe_success"), Some(1.0), "{}", s.text);
     assert_eq!(s.site("failover", "probe_ip_protocol"), Some(4.0));
     assert_eq!(last_result(&ex, "failover").await["address"], "127.0.0.2");
+    common::assert_promtool_clean(&common::get_text(&ex.url("/metrics")).await);
     // The policy applies to every address: `all` reports the denied one as denied, failover
     // skips it and connects to the allowed one.
     assert_class(&s, "all-denied-one", "denied");

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{loopback, require_tool, Exporter, DEADLINE};
@@ -27,30 +27,6 @@ fn two_sites(t: std::net::SocketAddr) -> String {
          \x20 - id: up\n    url: http://{t}/\n    labels: {{ note: 'quote \" and \\ backslash' }}\n\
          \x20 - id: down\n    url: http://{t}/fail\n"
     )
-}
-
-/// Runs a checker with `input` on stdin; returns (success, output).
-fn pipe(cmd: &mut Command, input: &str) -> (bool, String) {
-    use std::io::Write;
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start checker");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
 }
 
 #[tokio::test]
@@ -102,12 +78,7 @@ async fn metrics_pass_promtool_check_metrics() {
         text.contains(r#"note="quote \" and \\ backslash""#),
         "{text}"
     );
-    if !require_tool("promtool") {
-        return;
-    }
-    let (ok, out) = pipe(Command::new("promtool").args(["check", "metrics"]), &text);
-    assert!(ok, "promtool check metrics failed:\n{out}\n---\n{text}");
-    assert!(out.trim().is_empty(), "promtool lint findings:\n{out}");
+    common::assert_promtool_clean(&text);
 }
 
 #[tokio::test]
@@ -137,7 +108,7 @@ async fn openmetrics_is_served_when_negotiated_and_parses() {
     // An independent parser: the Python client's strict OpenMetrics parser.
     let script = "import sys\nfrom prometheus_client.openmetrics.parser import text_string_to_metric_families as p\n\
                   fams = list(p(sys.stdin.read()))\nprint(len(fams))\n";
-    let (ok, out) = pipe(Command::new("python3").args(["-c", script]), &text);
+    let (ok, out) = common::pipe(Command::new("python3").args(["-c", script]), &text);
     if !ok && out.contains("No module named 'prometheus_client'") {
         assert!(
             std::env::var("CI").map_or(true, |v| v != "true"),

@@ -735,3 +735,41 @@ fn labels_of(metric: &serde_json::Value) -> BTreeMap<String, String> {
         .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
         .collect()
 }
+
+/// Runs a checker with `input` on stdin; returns (success, output).
+pub fn pipe(cmd: &mut Command, input: &str) -> (bool, String) {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start checker");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Asserts that `promtool check metrics` finds nothing in an exposition (skipped outside CI
+/// when promtool is missing).
+pub fn assert_promtool_clean(text: &str) {
+    if !require_tool("promtool") {
+        return;
+    }
+    let (ok, out) = pipe(Command::new("promtool").args(["check", "metrics"]), text);
+    assert!(ok, "promtool check metrics failed:\n{out}\n---\n{text}");
+    assert!(
+        out.trim().is_empty(),
+        "promtool lint findings:\n{out}\n---\n{text}"
+    );
+}
