@@ -79,6 +79,42 @@ struct SiteState {
     streak: u32,
     /// `failure_threshold` and `success_threshold`.
     thresholds: (u32, u32),
+    /// Series the previous probe had and the last one does not (a rotated certificate's
+    /// labels, an address gone from DNS): remote-write marks them stale, as a scrape would.
+    gone: Vec<Optional>,
+}
+
+/// A per-site series that only some results have, or whose labels come from the result.
+#[derive(Debug, Clone, PartialEq)]
+enum Optional {
+    CertExpiry,
+    IpProtocol,
+    TlsVersion(&'static str),
+    Chain(Arc<crate::tls::ChainInfo>),
+    Uncompressed,
+    Address(std::net::IpAddr),
+}
+
+/// The optional series a result has.
+fn optional_series(r: &ProbeResult) -> Vec<Optional> {
+    let mut v = Vec::new();
+    if r.cert_expiry.is_some() {
+        v.push(Optional::CertExpiry);
+    }
+    if r.address.is_some() {
+        v.push(Optional::IpProtocol);
+    }
+    if let Some(t) = r.tls_version {
+        v.push(Optional::TlsVersion(t));
+    }
+    if let Some(c) = &r.chain {
+        v.push(Optional::Chain(c.clone()));
+    }
+    if r.uncompressed_length.is_some() {
+        v.push(Optional::Uncompressed);
+    }
+    v.extend(r.addresses.iter().map(|a| Optional::Address(a.ip)));
+    v
 }
 
 impl SiteState {
@@ -212,6 +248,7 @@ impl SiteTable {
             up: true,
             streak: 0,
             thresholds,
+            gone: Vec::new(),
         };
         sites.insert(
             key,
@@ -282,6 +319,16 @@ impl SiteTable {
         }
         st.history = (st.history << 1) | u32::from(result.success());
         st.history_len = st.history_len.saturating_add(1).min(32);
+        st.gone = match &st.last {
+            Some(prev) => {
+                let now = optional_series(result);
+                optional_series(prev)
+                    .into_iter()
+                    .filter(|k| !now.contains(k))
+                    .collect()
+            }
+            None => Vec::new(),
+        };
         st.last = Some(result.clone());
     }
 
@@ -473,6 +520,39 @@ impl SiteTable {
             vec![],
             unix_seconds(finished),
         );
+        // What the last probe no longer has goes stale now, not five minutes from now.
+        let stale = f64::from_bits(STALE_NAN_BITS);
+        for k in &st.gone {
+            match k {
+                Optional::CertExpiry => push("probe_ssl_earliest_cert_expiry", vec![], stale),
+                Optional::IpProtocol => push("probe_ip_protocol", vec![], stale),
+                Optional::Uncompressed => {
+                    push("probe_http_uncompressed_body_length", vec![], stale)
+                }
+                Optional::TlsVersion(v) if settings.tls_details => push(
+                    "probe_tls_version_info",
+                    vec![("version", v.to_string())],
+                    stale,
+                ),
+                Optional::Chain(c) if settings.tls_details => {
+                    push("probe_ssl_last_chain_info", chain_labels(c), stale);
+                    // The expiry has no labels of its own: it goes only with the last chain.
+                    if r.chain.is_none() {
+                        push(
+                            "probe_ssl_last_chain_expiry_timestamp_seconds",
+                            vec![],
+                            stale,
+                        );
+                    }
+                }
+                Optional::Address(ip) => {
+                    let address = vec![("address", ip.to_string())];
+                    push("sitewatch_address_probe_success", address.clone(), stale);
+                    push("sitewatch_address_probe_duration_seconds", address, stale);
+                }
+                _ => {}
+            }
+        }
         let timestamp_ms = finished
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
@@ -1128,6 +1208,7 @@ mod tests {
             up: true,
             streak: 0,
             thresholds,
+            gone: Vec::new(),
         }
     }
 

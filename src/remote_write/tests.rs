@@ -177,6 +177,107 @@ fn pushed_samples_match_the_exposition() {
     }
 }
 
+fn chain(fingerprint: &str, expiry: i64) -> Option<Arc<crate::tls::ChainInfo>> {
+    Some(Arc::new(crate::tls::ChainInfo {
+        fingerprint_sha256: fingerprint.into(),
+        subject: "CN=shop.example".into(),
+        issuer: "CN=Test CA".into(),
+        subject_alternative: "shop.example".into(),
+        serial_number: "1f".into(),
+        last_chain_expiry: expiry,
+    }))
+}
+
+fn address(ip: &str) -> crate::probe::AddressResult {
+    crate::probe::AddressResult {
+        ip: ip.parse().unwrap(),
+        class: ResultClass::Success,
+        duration: Duration::from_millis(20),
+    }
+}
+
+#[test]
+fn series_a_probe_no_longer_has_are_pushed_stale() {
+    let c = config(ONE_SITE);
+    let m = Metrics::new(None);
+    m.sites.set_settings(&c.metrics);
+    let site = &c.sites[0];
+    m.sites.insert(site);
+    let before = ProbeResult {
+        address: Some("::1".parse().unwrap()),
+        tls_version: Some("TLS 1.2"),
+        chain: chain("old", 1_800_000_000),
+        cert_expiry: Some(1_800_000_000),
+        uncompressed_length: Some(10),
+        addresses: vec![address("::1"), address("127.0.0.2")],
+        ..result(ResultClass::Success, 40)
+    };
+    // The certificate was rotated, TLS 1.3 negotiated, one address left DNS.
+    let after = ProbeResult {
+        tls_version: Some("TLS 1.3"),
+        chain: chain("new", 1_900_000_000),
+        cert_expiry: Some(1_900_000_000),
+        uncompressed_length: None,
+        addresses: vec![address("::1")],
+        ..before.clone()
+    };
+    m.sites.record(&site.key(), &before);
+    m.sites.record(&site.key(), &after);
+    let s = m.sites.samples(&site.key()).unwrap();
+    let stale: Vec<String> = s
+        .samples
+        .iter()
+        .filter(|p| p.value.to_bits() == crate::metrics::STALE_NAN_BITS)
+        .map(|p| {
+            let extra: Vec<String> = p.extra.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            format!("{}{{{}}}", p.name, extra.join(","))
+        })
+        .collect();
+    assert_eq!(
+        stale,
+        [
+            "probe_tls_version_info{version=TLS 1.2}",
+            "probe_ssl_last_chain_info{fingerprint_sha256=old,subject=CN=shop.example,issuer=CN=Test CA,subjectalternative=shop.example,serialnumber=1f}",
+            "probe_http_uncompressed_body_length{}",
+            "sitewatch_address_probe_success{address=127.0.0.2}",
+            "sitewatch_address_probe_duration_seconds{address=127.0.0.2}",
+        ]
+    );
+    // The new chain's series are pushed with values.
+    let expiry = s
+        .samples
+        .iter()
+        .find(|p| p.name == "probe_ssl_last_chain_expiry_timestamp_seconds")
+        .unwrap();
+    assert_eq!(expiry.value, 1_900_000_000.0);
+    // A probe that reaches no TLS at all makes every TLS series stale.
+    let refused = ProbeResult {
+        address: Some("::1".parse().unwrap()),
+        ..result(ResultClass::ConnectError, 1)
+    };
+    m.sites.record(&site.key(), &refused);
+    let s = m.sites.samples(&site.key()).unwrap();
+    let stale_names: Vec<&str> = s
+        .samples
+        .iter()
+        .filter(|p| p.value.to_bits() == crate::metrics::STALE_NAN_BITS)
+        .map(|p| p.name)
+        .collect();
+    for name in [
+        "probe_ssl_earliest_cert_expiry",
+        "probe_tls_version_info",
+        "probe_ssl_last_chain_info",
+        "probe_ssl_last_chain_expiry_timestamp_seconds",
+        "sitewatch_address_probe_success",
+    ] {
+        assert!(
+            stale_names.contains(&name),
+            "{name} not stale: {stale_names:?}"
+        );
+    }
+    assert!(!stale_names.contains(&"probe_ip_protocol"));
+}
+
 /// Checks one probe's pushed series against the exposition; returns the names pushed.
 fn exposition_matches(r: &ProbeResult) -> std::collections::HashSet<String> {
     let s = samples(ONE_SITE, Some("eu-1"), r);
