@@ -181,6 +181,15 @@ pub enum Command {
         /// How often the `sites` table is synchronized.
         #[arg(long = "sites.interval", default_value = "15s", value_parser = humantime::parse_duration)]
         sites_interval: std::time::Duration,
+        /// CA certificates (PEM) to trust for an exporter served over TLS (`--web.config.file`).
+        #[arg(long = "source.ca-file", env = "SITEWATCH_SOURCE_CA_FILE")]
+        source_ca_file: Option<std::path::PathBuf>,
+        /// Basic-auth user for an exporter behind `--web.config.file`.
+        #[arg(long = "source.username", env = "SITEWATCH_SOURCE_USERNAME")]
+        source_username: Option<String>,
+        /// File holding that user's password.
+        #[arg(long = "source.password-file", env = "SITEWATCH_SOURCE_PASSWORD_FILE")]
+        source_password_file: Option<std::path::PathBuf>,
     },
     /// Exit 0 if URL answers 2xx within 5 s: the container image's HEALTHCHECK (it has no curl).
     Healthcheck {
@@ -258,6 +267,9 @@ async fn dispatch(command: Command) -> ExitCode {
             batch_size,
             max_queue,
             sites_interval,
+            source_ca_file,
+            source_username,
+            source_password_file,
         } => {
             let listener = match bind(&listen_address).await {
                 Ok(l) => l,
@@ -272,6 +284,11 @@ async fn dispatch(command: Command) -> ExitCode {
                 batch_size,
                 max_queue,
                 sites_interval,
+                source_access: crate::keeper::SourceAccess {
+                    ca_file: source_ca_file,
+                    username: source_username,
+                    password_file: source_password_file,
+                },
             };
             match crate::keeper::run(options, listener, shutdown_signal()).await {
                 Ok(()) => ExitCode::SUCCESS,

@@ -179,3 +179,66 @@ fn a_bad_web_config_stops_the_start_with_a_clear_error() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_keeper_follows_an_exporter_behind_tls_and_basic_auth() {
+    let now = common::unix_now();
+    let cert = TestCertificate::generate(now + 86_400).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    common::write_file(dir.path(), "server.crt", &pem("CERTIFICATE", &cert.leaf));
+    common::write_file(
+        dir.path(),
+        "server.key",
+        &pem("PRIVATE KEY", cert.key.secret_pkcs8_der()),
+    );
+    let ca = common::write_file(dir.path(), "ca.crt", &cert.ca_pem);
+    let right = common::write_file(dir.path(), "right-pw", "keeper-pw\n");
+    let wrong = common::write_file(dir.path(), "wrong-pw", "guess\n");
+    let hash = bcrypt::hash("keeper-pw", 4).unwrap();
+    let web = common::write_file(
+        dir.path(),
+        "web.yml",
+        &format!(
+            "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\nbasic_auth_users:\n  keeper: '{hash}'\n"
+        ),
+    );
+    let target = common::ok_or_fail_target(500).await;
+    let ex = Exporter::start_with(
+        &format!("defaults: {{ interval: 1s, timeout: 500ms }}\nsites:\n  - id: shop\n    url: http://{target}/ok\n"),
+        &["--web.config.file", web.to_str().unwrap()],
+        &[],
+    );
+    let source = format!("https://localhost:{}", ex.addr.port());
+    let db = |name: &str| format!("sqlite://{}", dir.path().join(name).display());
+    let access = |password: &std::path::Path| {
+        vec![
+            "--source.ca-file".to_string(),
+            ca.display().to_string(),
+            "--source.username".into(),
+            "keeper".into(),
+            "--source.password-file".into(),
+            password.display().to_string(),
+        ]
+    };
+    let args = access(&right);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let keeper = common::keeper(&source, &db("right.db"), &args);
+    keeper
+        .wait_for("rows written through TLS and basic auth", |s| {
+            s.get("sitewatch_keeper_rows_written_total", &[])
+                .filter(|n| *n > 0.0)
+        })
+        .await;
+    // The wrong password gets 401s, and says so, and writes nothing.
+    let args = access(&wrong);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let refused = common::keeper(&source, &db("wrong.db"), &args);
+    let start = Instant::now();
+    while !refused.logs().contains("401 Unauthorized") {
+        assert!(start.elapsed() < DEADLINE, "no 401 in:\n{}", refused.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let s = refused.scrape().await;
+    assert_eq!(s.get("sitewatch_keeper_rows_written_total", &[]), Some(0.0));
+    assert!(!refused.logs().contains("guess"), "the password was logged");
+}

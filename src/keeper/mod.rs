@@ -16,6 +16,7 @@
 
 pub mod store;
 
+use base64::Engine as _;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -160,6 +161,9 @@ pub enum KeeperError {
     /// The database could not be reached or prepared at start.
     #[error("{0}")]
     Store(#[from] StoreError),
+    /// The exporter's CA file or password file could not be used.
+    #[error("source access: {0}")]
+    Source(String),
 }
 
 /// How the keeper runs.
@@ -175,6 +179,71 @@ pub struct KeeperOptions {
     pub max_queue: usize,
     /// How often `sites` is synchronized.
     pub sites_interval: Duration,
+    /// How to reach an exporter behind `--web.config.file`.
+    pub source_access: SourceAccess,
+}
+
+/// TLS trust and basic-auth credentials for an exporter behind `--web.config.file`.
+#[derive(Debug, Clone, Default)]
+pub struct SourceAccess {
+    /// PEM CA certificates to trust for the exporter's TLS (besides the system's).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Basic-auth user name.
+    pub username: Option<String>,
+    /// File holding the basic-auth password (trailing newline ignored).
+    pub password_file: Option<std::path::PathBuf>,
+}
+
+impl SourceAccess {
+    /// The HTTP client the keeper talks to its exporter with.
+    fn client(&self) -> Result<reqwest::Client, KeeperError> {
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| KeeperError::Source(format!("{}: {e}", path.display())))
+        };
+        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(70));
+        if let Some(path) = &self.ca_file {
+            let certs = reqwest::Certificate::from_pem_bundle(&read(path)?)
+                .map_err(|e| KeeperError::Source(format!("{}: {e}", path.display())))?;
+            if certs.is_empty() {
+                return Err(KeeperError::Source(format!(
+                    "{}: no PEM certificate in it",
+                    path.display()
+                )));
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        match (&self.username, &self.password_file) {
+            (Some(user), password_file) => {
+                let password = match password_file {
+                    Some(path) => String::from_utf8_lossy(&read(path)?)
+                        .trim_end_matches(['\n', '\r'])
+                        .to_string(),
+                    None => String::new(),
+                };
+                let token =
+                    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+                let mut value =
+                    http::HeaderValue::from_str(&format!("Basic {token}")).map_err(|_| {
+                        KeeperError::Source("the user name is not a valid header value".into())
+                    })?;
+                value.set_sensitive(true);
+                let mut headers = http::HeaderMap::new();
+                headers.insert(http::header::AUTHORIZATION, value);
+                builder = builder.default_headers(headers);
+            }
+            (None, Some(_)) => {
+                return Err(KeeperError::Source(
+                    "--source.password-file needs --source.username".into(),
+                ))
+            }
+            (None, None) => {}
+        }
+        builder
+            .build()
+            .map_err(|e| KeeperError::Source(format!("cannot build the HTTP client: {e}")))
+    }
 }
 
 /// The keeper's own metrics.
@@ -285,6 +354,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), KeeperError> {
+    let client = options.source_access.client()?;
     let store = Store::connect(&options.database_url).await?;
     let version = store.migrate().await?;
     let source = options.source.trim_end_matches('/').to_string();
@@ -302,11 +372,6 @@ pub async fn run(
         space: Notify::new(),
     });
     let stop = CancellationToken::new();
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(70))
-        .build()
-        .expect("HTTP client");
-
     let follower = tokio::spawn(follow(
         client.clone(),
         source.clone(),
@@ -611,5 +676,43 @@ async fn serve_metrics(
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod source_access_tests {
+    use super::*;
+
+    #[test]
+    fn bad_source_access_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let not_pem = dir.path().join("ca.pem");
+        std::fs::write(&not_pem, "not a certificate\n").unwrap();
+        let err = |a: SourceAccess| a.client().unwrap_err().to_string();
+        let e = err(SourceAccess {
+            password_file: Some(dir.path().join("pw")),
+            ..SourceAccess::default()
+        });
+        assert!(
+            e.contains("--source.password-file needs --source.username"),
+            "{e}"
+        );
+        let e = err(SourceAccess {
+            ca_file: Some(dir.path().join("missing.pem")),
+            ..SourceAccess::default()
+        });
+        assert!(e.contains("missing.pem"), "{e}");
+        let e = err(SourceAccess {
+            ca_file: Some(not_pem),
+            ..SourceAccess::default()
+        });
+        assert!(e.contains("no PEM certificate"), "{e}");
+        let e = err(SourceAccess {
+            username: Some("keeper".into()),
+            password_file: Some(dir.path().join("missing-pw")),
+            ..SourceAccess::default()
+        });
+        assert!(e.contains("missing-pw"), "{e}");
+        assert!(SourceAccess::default().client().is_ok());
     }
 }
