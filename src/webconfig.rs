@@ -197,20 +197,9 @@ fn acceptor(dir: &Path, raw: RawTls) -> Result<tokio_rustls::TlsAcceptor, String
             p.to_path_buf()
         }
     };
-    let cert_file = rel(&raw.cert_file);
-    let key_file = rel(&raw.key_file);
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_file)
-        .and_then(|i| i.collect::<Result<_, _>>())
-        .map_err(|e| format!("tls_server_config.cert_file {}: {e}", cert_file.display()))?;
-    if certs.is_empty() {
-        return Err(format!(
-            "tls_server_config.cert_file {}: no certificate",
-            cert_file.display()
-        ));
-    }
-    let key = PrivateKeyDer::from_pem_file(&key_file)
-        .map_err(|e| format!("tls_server_config.key_file {}: {e}", key_file.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certificate =
+        RotatingCert::load(rel(&raw.cert_file), rel(&raw.key_file), provider.clone())?;
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
@@ -249,11 +238,95 @@ fn acceptor(dir: &Path, raw: RawTls) -> Result<tokio_rustls::TlsAcceptor, String
         ),
         (false, _) => builder.with_no_client_auth(),
     };
-    let mut config = builder
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("tls_server_config: certificate and key do not match: {e}"))?;
+    let mut config = builder.with_cert_resolver(Arc::new(certificate));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The server certificate, read again when its files change (as cert-manager and other
+/// rotators replace them) so a rotation needs no restart. Each handshake compares the files'
+/// modification times and sizes with those of the pair in use; a pair that does not load (a
+/// half-written file, a key that does not match) leaves the old one in use, with a warning.
+#[derive(Debug)]
+struct RotatingCert {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    current: Mutex<(FileStamps, Arc<rustls::sign::CertifiedKey>)>,
+}
+
+/// Modification time and length of the certificate and key files.
+type FileStamps = [Option<(std::time::SystemTime, u64)>; 2];
+
+impl RotatingCert {
+    fn load(
+        cert_file: PathBuf,
+        key_file: PathBuf,
+        provider: Arc<rustls::crypto::CryptoProvider>,
+    ) -> Result<Self, String> {
+        let stamps = stamps(&cert_file, &key_file);
+        let key = certified_key(&cert_file, &key_file, &provider)?;
+        Ok(Self {
+            cert_file,
+            key_file,
+            provider,
+            current: Mutex::new((stamps, Arc::new(key))),
+        })
+    }
+}
+
+fn stamps(cert_file: &Path, key_file: &Path) -> FileStamps {
+    let stamp = |p: &Path| {
+        std::fs::metadata(p)
+            .ok()
+            .and_then(|m| Some((m.modified().ok()?, m.len())))
+    };
+    [stamp(cert_file), stamp(key_file)]
+}
+
+fn certified_key(
+    cert_file: &Path,
+    key_file: &Path,
+    provider: &rustls::crypto::CryptoProvider,
+) -> Result<rustls::sign::CertifiedKey, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
+        .and_then(|i| i.collect::<Result<_, _>>())
+        .map_err(|e| format!("tls_server_config.cert_file {}: {e}", cert_file.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "tls_server_config.cert_file {}: no certificate",
+            cert_file.display()
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(key_file)
+        .map_err(|e| format!("tls_server_config.key_file {}: {e}", key_file.display()))?;
+    rustls::sign::CertifiedKey::from_der(certs, key, provider)
+        .map_err(|e| format!("tls_server_config: certificate and key do not match: {e}"))
+}
+
+impl rustls::server::ResolvesServerCert for RotatingCert {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let now = stamps(&self.cert_file, &self.key_file);
+        let mut current = self.current.lock().expect("certificate lock");
+        if now != current.0 {
+            match certified_key(&self.cert_file, &self.key_file, &self.provider) {
+                Ok(key) => {
+                    tracing::info!(cert_file = %self.cert_file.display(), "web certificate reloaded");
+                    *current = (now, Arc::new(key));
+                }
+                Err(e) => {
+                    // Remember the stamps so a broken pair is not re-read on every handshake;
+                    // the next change to either file is tried again.
+                    tracing::warn!(error = %e, "web certificate changed but cannot be loaded; keeping the one in use");
+                    current.0 = now;
+                }
+            }
+        }
+        Some(current.1.clone())
+    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,9 @@
 
 mod common;
 
+use rustls_pki_types::pem::PemObject;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -233,12 +235,86 @@ async fn a_keeper_follows_an_exporter_behind_tls_and_basic_auth() {
     let args = access(&wrong);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let refused = common::keeper(&source, &db("wrong.db"), &args);
-    let start = Instant::now();
-    while !refused.logs().contains("401 Unauthorized") {
-        assert!(start.elapsed() < DEADLINE, "no 401 in:\n{}", refused.logs());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    refused.wait_for_log("401 Unauthorized").await;
     let s = refused.scrape().await;
     assert_eq!(s.get("sitewatch_keeper_rows_written_total", &[]), Some(0.0));
     assert!(!refused.logs().contains("guess"), "the password was logged");
+}
+
+/// The leaf certificate the server on `port` presents to a fresh handshake.
+async fn served_leaf(port: u16, roots: &[&TestCertificate]) -> Vec<u8> {
+    let mut store = rustls::RootCertStore::empty();
+    for c in roots {
+        for der in rustls_pki_types::CertificateDer::pem_slice_iter(c.ca_pem.as_bytes()) {
+            store.add(der.unwrap()).unwrap();
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(store)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(
+            rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+/// Writes a certificate and key pair, stamped `age_s` seconds into the future so a rewrite in
+/// the same clock tick still counts as a change.
+fn write_pair(dir: &std::path::Path, cert: &TestCertificate, key_of: &TestCertificate, age_s: u64) {
+    for (name, text) in [
+        ("server.crt", pem("CERTIFICATE", &cert.leaf)),
+        (
+            "server.key",
+            pem("PRIVATE KEY", key_of.key.secret_pkcs8_der()),
+        ),
+    ] {
+        let path = common::write_file(dir, name, &text);
+        let f = std::fs::File::options().write(true).open(path).unwrap();
+        f.set_modified(std::time::SystemTime::now() + Duration::from_secs(age_s))
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_rotated_certificate_is_served_without_a_restart() {
+    let now = common::unix_now();
+    let first = TestCertificate::generate(now + 86_400).unwrap();
+    let second = TestCertificate::generate(now + 2 * 86_400).unwrap();
+    let third = TestCertificate::generate(now + 3 * 86_400).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write_pair(dir.path(), &first, &first, 0);
+    let web = common::write_file(
+        dir.path(),
+        "web.yml",
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n",
+    );
+    let ex = Exporter::start_with(
+        "sites: []\n",
+        &["--web.config.file", web.to_str().unwrap()],
+        &[],
+    );
+    let port = ex.addr.port();
+    let roots = [&first, &second, &third];
+    assert_eq!(served_leaf(port, &roots).await, first.leaf.to_vec());
+    // cert-manager writes the new pair: the next handshake gets it.
+    write_pair(dir.path(), &second, &second, 10);
+    assert_eq!(served_leaf(port, &roots).await, second.leaf.to_vec());
+    // A pair whose key does not match (a rotation caught half-way) keeps the one in use...
+    write_pair(dir.path(), &third, &second, 20);
+    assert_eq!(served_leaf(port, &roots).await, second.leaf.to_vec());
+    ex.wait_for_log("keeping the one in use").await;
+    // ...until the pair is whole again.
+    write_pair(dir.path(), &third, &third, 30);
+    assert_eq!(served_leaf(port, &roots).await, third.leaf.to_vec());
 }

@@ -191,6 +191,19 @@ impl Exporter {
     pub fn logs(&self) -> String {
         self.logs.lock().unwrap().join("\n")
     }
+
+    /// Waits until the process has logged a line containing `needle`, or fails at the deadline.
+    pub async fn wait_for_log(&self, needle: &str) {
+        let start = Instant::now();
+        while !self.logs().contains(needle) {
+            assert!(
+                start.elapsed() < DEADLINE,
+                "no log line with {needle:?} in:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 impl Drop for Exporter {
