@@ -119,11 +119,18 @@ fn wants_openmetrics(req: &Request<Incoming>) -> bool {
 async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     if let Some(web) = app.web() {
         let auth = req.headers().get(header::AUTHORIZATION).cloned();
-        let web = web.clone();
-        // bcrypt takes tens of milliseconds by design: not on a runtime worker.
-        let access = tokio::task::spawn_blocking(move || web.check(auth.as_ref()))
-            .await
-            .unwrap_or(crate::webconfig::Access::Denied);
+        // Known credentials (every scrape after the first) are answered here; only a password
+        // not seen yet costs a bcrypt round, which takes tens of milliseconds by design: not
+        // on a runtime worker.
+        let access = match web.check_cached(auth.as_ref()) {
+            Some(access) => access,
+            None => {
+                let web = web.clone();
+                tokio::task::spawn_blocking(move || web.check(auth.as_ref()))
+                    .await
+                    .unwrap_or(crate::webconfig::Access::Denied)
+            }
+        };
         if access == crate::webconfig::Access::Denied {
             return Response::builder()
                 .status(StatusCode::UNAUTHORIZED)

@@ -136,10 +136,48 @@ impl WebConfig {
         Ok(Self { tls, auth })
     }
 
-    /// Checks a request's `Authorization` header against `basic_auth_users`.
+    /// Checks a request's `Authorization` header against `basic_auth_users`. May run bcrypt
+    /// (tens of milliseconds by design): call [`WebConfig::check_cached`] first on a runtime
+    /// thread, and this one off it.
     pub fn check(&self, authorization: Option<&http::HeaderValue>) -> Access {
+        match self.credentials(authorization) {
+            Credentials::Decided(access) => access,
+            Credentials::Verify {
+                password,
+                hash,
+                key,
+            } => {
+                let Some(auth) = &self.auth else {
+                    return Access::Granted;
+                };
+                if bcrypt::verify(&password, hash).unwrap_or(false) {
+                    let mut cache = auth.verified.lock().expect("auth cache");
+                    // Bounded: a flood of distinct valid passwords cannot exist, but stay safe.
+                    if cache.len() > 1024 {
+                        cache.clear();
+                    }
+                    cache.insert(key);
+                    Access::Granted
+                } else {
+                    Access::Denied
+                }
+            }
+        }
+    }
+
+    /// The answer when it needs no bcrypt: no users configured, a missing or malformed header,
+    /// an unknown user, or credentials verified before. `None` when [`WebConfig::check`] must
+    /// verify a password.
+    pub fn check_cached(&self, authorization: Option<&http::HeaderValue>) -> Option<Access> {
+        match self.credentials(authorization) {
+            Credentials::Decided(access) => Some(access),
+            Credentials::Verify { .. } => None,
+        }
+    }
+
+    fn credentials(&self, authorization: Option<&http::HeaderValue>) -> Credentials<'_> {
         let Some(auth) = &self.auth else {
-            return Access::Granted;
+            return Credentials::Decided(Access::Granted);
         };
         let Some((user, password)) = authorization
             .and_then(|v| v.to_str().ok())
@@ -155,10 +193,10 @@ impl WebConfig {
                     .map(|(u, p)| (u.to_string(), p.to_string()))
             })
         else {
-            return Access::Denied;
+            return Credentials::Decided(Access::Denied);
         };
         let Some(hash) = auth.users.get(&user) else {
-            return Access::Denied;
+            return Credentials::Decided(Access::Denied);
         };
         let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
         for part in [
@@ -173,20 +211,24 @@ impl WebConfig {
         let mut key = [0u8; 32];
         key.copy_from_slice(ctx.finish().as_ref());
         if auth.verified.lock().expect("auth cache").contains(&key) {
-            return Access::Granted;
+            return Credentials::Decided(Access::Granted);
         }
-        if bcrypt::verify(&password, hash).unwrap_or(false) {
-            let mut cache = auth.verified.lock().expect("auth cache");
-            // Bounded: a flood of distinct valid passwords cannot exist, but stay safe.
-            if cache.len() > 1024 {
-                cache.clear();
-            }
-            cache.insert(key);
-            Access::Granted
-        } else {
-            Access::Denied
+        Credentials::Verify {
+            password,
+            hash,
+            key,
         }
     }
+}
+
+/// What a request's credentials need: an answer already, or a bcrypt verification.
+enum Credentials<'a> {
+    Decided(Access),
+    Verify {
+        password: String,
+        hash: &'a str,
+        key: [u8; 32],
+    },
 }
 
 fn acceptor(dir: &Path, raw: RawTls) -> Result<tokio_rustls::TlsAcceptor, String> {
@@ -354,10 +396,23 @@ mod tests {
             http::HeaderValue::from_str(&format!("Basic {token}")).unwrap()
         };
         assert_eq!(web.check(None), Access::Denied);
+        // Without bcrypt: no header, an unknown user; a known user's password needs it once.
+        assert_eq!(web.check_cached(None), Some(Access::Denied));
+        assert_eq!(
+            web.check_cached(Some(&header("other", "s3cret"))),
+            Some(Access::Denied)
+        );
+        assert_eq!(web.check_cached(Some(&header("prom", "s3cret"))), None);
         assert_eq!(web.check(Some(&header("prom", "wrong"))), Access::Denied);
         assert_eq!(web.check(Some(&header("other", "s3cret"))), Access::Denied);
         assert_eq!(web.check(Some(&header("prom", "s3cret"))), Access::Granted);
+        assert_eq!(
+            web.check_cached(Some(&header("prom", "s3cret"))),
+            Some(Access::Granted)
+        );
         assert_eq!(web.check(Some(&header("prom", "s3cret"))), Access::Granted);
+        // A wrong password is never remembered.
+        assert_eq!(web.check_cached(Some(&header("prom", "wrong"))), None);
         assert_eq!(web.check(Some(&header("prom", "s3cret2"))), Access::Denied);
         let bearer = http::HeaderValue::from_static("Bearer s3cret");
         assert_eq!(web.check(Some(&bearer)), Access::Denied);
