@@ -214,27 +214,15 @@ impl ProbeResult {
     #[cfg(test)]
     pub(crate) fn for_test(class: ResultClass, started_at: SystemTime, duration: Duration) -> Self {
         ProbeResult {
-            started_at,
             duration,
             class,
-            error: None,
-            phases: Phases::default(),
             status_code: if class == ResultClass::Success {
                 200
             } else {
                 0
             },
-            content_length: 0,
-            redirects: 0,
-            ssl: false,
             http_version: 1.1,
-            cert_expiry: None,
-            failed_due_to_regex: false,
-            address: None,
-            tls_version: None,
-            chain: None,
-            uncompressed_length: None,
-            addresses: Vec::new(),
+            ..empty_result(started_at)
         }
     }
 

@@ -9,7 +9,7 @@ use hickory_resolver::config::{
     ConnectionConfig, NameServerConfig, ProtocolConfig, ResolverConfig, ResolverOpts,
 };
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use hickory_resolver::proto::rr::RData;
+use hickory_resolver::proto::rr::{RData, RecordType};
 use hickory_resolver::TokioResolver;
 use ipnet::IpNet;
 
@@ -110,28 +110,21 @@ impl Resolver {
                 .map(|sa| sa.ip())
                 .collect(),
             Resolver::Servers(r) => {
-                let v4 = || async {
-                    r.ipv4_lookup(host).await.map(|l| {
+                // One query per family; a CNAME chain's A/AAAA records are the answers kept.
+                let ask = |kind: RecordType| async move {
+                    r.lookup(host, kind).await.map(|l| {
                         l.answers()
                             .iter()
                             .filter_map(|rec| match &rec.data {
                                 RData::A(a) => Some(IpAddr::V4(a.0)),
-                                _ => None,
-                            })
-                            .collect::<Vec<_>>()
-                    })
-                };
-                let v6 = || async {
-                    r.ipv6_lookup(host).await.map(|l| {
-                        l.answers()
-                            .iter()
-                            .filter_map(|rec| match &rec.data {
                                 RData::AAAA(a) => Some(IpAddr::V6(a.0)),
                                 _ => None,
                             })
                             .collect::<Vec<_>>()
                     })
                 };
+                let v4 = || ask(RecordType::A);
+                let v6 = || ask(RecordType::AAAA);
                 let both = |a: Result<Vec<IpAddr>, _>, b: Result<Vec<IpAddr>, _>| match (a, b) {
                     (Err(e), Err(_)) => Err(e),
                     (a, b) => {

@@ -85,10 +85,7 @@ async fn target(req: Request<Incoming>) -> Response<Full<Bytes>> {
 }
 
 async fn start_target() -> SocketAddr {
-    let listener = loopback([127, 0, 0, 1]).await;
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(serve_target(listener, None, target));
-    addr
+    common::serve(target).await
 }
 
 fn config(sites: &str) -> String {

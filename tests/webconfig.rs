@@ -25,27 +25,30 @@ fn pem(label: &str, der: &[u8]) -> String {
     )
 }
 
+/// A web config in `dir` serving TLS with a fresh test certificate, with basic auth for
+/// `(user, password)` when given (paths relative to the file). Returns the certificate, the CA
+/// file and the web config file.
+fn tls_web_config(
+    dir: &std::path::Path,
+    user: Option<(&str, &str)>,
+) -> (TestCertificate, std::path::PathBuf, std::path::PathBuf) {
+    let cert = TestCertificate::generate(common::unix_now() + 86_400).unwrap();
+    write_pair(dir, &cert, &cert, 0);
+    let ca = common::write_file(dir, "ca.crt", &cert.ca_pem);
+    let mut text =
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n".to_string();
+    if let Some((user, password)) = user {
+        let hash = bcrypt::hash(password, 4).unwrap();
+        text += &format!("basic_auth_users:\n  {user}: '{hash}'\n");
+    }
+    let web = common::write_file(dir, "web.yml", &text);
+    (cert, ca, web)
+}
+
 #[tokio::test]
 async fn endpoints_need_tls_and_the_right_password() {
-    let now = common::unix_now();
-    let cert = TestCertificate::generate(now + 86_400).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    common::write_file(dir.path(), "server.crt", &pem("CERTIFICATE", &cert.leaf));
-    common::write_file(
-        dir.path(),
-        "server.key",
-        &pem("PRIVATE KEY", cert.key.secret_pkcs8_der()),
-    );
-    let ca = common::write_file(dir.path(), "ca.crt", &cert.ca_pem);
-    let hash = bcrypt::hash("scrape-pw", 4).unwrap();
-    // Relative paths: next to the web config file.
-    let web = common::write_file(
-        dir.path(),
-        "web.yml",
-        &format!(
-            "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\nbasic_auth_users:\n  prometheus: '{hash}'\n"
-        ),
-    );
+    let (cert, ca, web) = tls_web_config(dir.path(), Some(("prometheus", "scrape-pw")));
     let ex = Exporter::start_with(
         "sites: []\n",
         &["--web.config.file", web.to_str().unwrap()],
@@ -184,26 +187,10 @@ fn a_bad_web_config_stops_the_start_with_a_clear_error() {
 
 #[tokio::test]
 async fn a_keeper_follows_an_exporter_behind_tls_and_basic_auth() {
-    let now = common::unix_now();
-    let cert = TestCertificate::generate(now + 86_400).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    common::write_file(dir.path(), "server.crt", &pem("CERTIFICATE", &cert.leaf));
-    common::write_file(
-        dir.path(),
-        "server.key",
-        &pem("PRIVATE KEY", cert.key.secret_pkcs8_der()),
-    );
-    let ca = common::write_file(dir.path(), "ca.crt", &cert.ca_pem);
+    let (_cert, ca, web) = tls_web_config(dir.path(), Some(("keeper", "keeper-pw")));
     let right = common::write_file(dir.path(), "right-pw", "keeper-pw\n");
     let wrong = common::write_file(dir.path(), "wrong-pw", "guess\n");
-    let hash = bcrypt::hash("keeper-pw", 4).unwrap();
-    let web = common::write_file(
-        dir.path(),
-        "web.yml",
-        &format!(
-            "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\nbasic_auth_users:\n  keeper: '{hash}'\n"
-        ),
-    );
     let target = common::ok_or_fail_target(500).await;
     let ex = Exporter::start_with(
         &format!("defaults: {{ interval: 1s, timeout: 500ms }}\nsites:\n  - id: shop\n    url: http://{target}/ok\n"),
@@ -288,17 +275,11 @@ fn write_pair(dir: &std::path::Path, cert: &TestCertificate, key_of: &TestCertif
 
 #[tokio::test]
 async fn a_rotated_certificate_is_served_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, _ca, web) = tls_web_config(dir.path(), None);
     let now = common::unix_now();
-    let first = TestCertificate::generate(now + 86_400).unwrap();
     let second = TestCertificate::generate(now + 2 * 86_400).unwrap();
     let third = TestCertificate::generate(now + 3 * 86_400).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    write_pair(dir.path(), &first, &first, 0);
-    let web = common::write_file(
-        dir.path(),
-        "web.yml",
-        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n",
-    );
     let ex = Exporter::start_with(
         "sites: []\n",
         &["--web.config.file", web.to_str().unwrap()],

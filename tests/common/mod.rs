@@ -336,21 +336,29 @@ fn parse_labels(s: &str) -> BTreeMap<String, String> {
     out
 }
 
-/// A target on 127.0.0.1: `/ok` answers 200 `fine`, every other path `fail_status`.
-pub async fn ok_or_fail_target(fail_status: u16) -> SocketAddr {
+/// Serves `handler` over plain HTTP on a fresh port of 127.0.0.1; returns the address.
+pub async fn serve<F, Fut>(handler: F) -> SocketAddr
+where
+    F: Fn(http::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = http::Response<http_body_util::Full<bytes::Bytes>>>
+        + Send
+        + 'static,
+{
     let listener = loopback([127, 0, 0, 1]).await;
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(sitewatch::demo::serve_target(
-        listener,
-        None,
-        move |req| async move {
-            match req.uri().path() {
-                "/ok" => sitewatch::demo::respond(200, "fine"),
-                _ => sitewatch::demo::respond(fail_status, "broken"),
-            }
-        },
-    ));
+    tokio::spawn(sitewatch::demo::serve_target(listener, None, handler));
     addr
+}
+
+/// A target on 127.0.0.1: `/ok` answers 200 `fine`, every other path `fail_status`.
+pub async fn ok_or_fail_target(fail_status: u16) -> SocketAddr {
+    serve(move |req| async move {
+        match req.uri().path() {
+            "/ok" => sitewatch::demo::respond(200, "fine"),
+            _ => sitewatch::demo::respond(fail_status, "broken"),
+        }
+    })
+    .await
 }
 
 /// Binds 127.0.0.1:0 (or another loopback address).
