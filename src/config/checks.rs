@@ -13,42 +13,43 @@ use crate::jsoncheck::JsonCondition;
 /// Most consecutive probes a `failure_threshold` or `success_threshold` may ask for.
 const MAX_THRESHOLD: u32 = 1000;
 
-/// Declares a raw settings struct with the check fields every site and `defaults` share
-/// (serde cannot combine `flatten` with `deny_unknown_fields`, so the fields are repeated by
-/// this macro instead of by hand).
+/// Declares a raw settings struct with the check fields every site and `defaults` share, and
+/// `RawChecks` that carries them alone (serde cannot combine `flatten` with
+/// `deny_unknown_fields`, so the fields are repeated by this macro instead of by hand). The
+/// fields take the struct's visibility.
 macro_rules! with_check_fields {
-    ($(#[$meta:meta])* struct $name:ident { $($body:tt)* }) => {
+    ($(#[$meta:meta])* $vis:vis struct $name:ident { $($body:tt)* }) => {
         $(#[$meta])*
-        struct $name {
+        $vis struct $name {
             $($body)*
             /// Fail if a response header matches (blackbox_exporter's `fail_if_header_matches`).
-            fail_if_header_matches: Option<Vec<RawHeaderCheck>>,
+            $vis fail_if_header_matches: Option<Vec<RawHeaderCheck>>,
             /// Fail unless a response header matches.
-            fail_if_header_not_matches: Option<Vec<RawHeaderCheck>>,
+            $vis fail_if_header_not_matches: Option<Vec<RawHeaderCheck>>,
             /// Conditions on a JSON body, e.g. `$.status == "UP"`; every one must hold.
-            json_conditions: Option<Vec<String>>,
+            $vis json_conditions: Option<Vec<String>>,
             /// A probe slower than this fails with result `slow` (its duration is still recorded).
-            max_duration: Option<String>,
+            $vis max_duration: Option<String>,
             /// Fail with result `cert_expiring` when a certificate of the chain expires sooner.
-            fail_if_cert_expires_within: Option<String>,
+            $vis fail_if_cert_expires_within: Option<String>,
             /// Fail with result `ssl` if the final URL used TLS.
-            fail_if_ssl: Option<bool>,
+            $vis fail_if_ssl: Option<bool>,
             /// Fail with result `ssl` unless the final URL used TLS.
-            fail_if_not_ssl: Option<bool>,
+            $vis fail_if_not_ssl: Option<bool>,
             /// Accepted HTTP versions of the final response (`HTTP/1.0`, `HTTP/1.1`, `HTTP/2`).
-            valid_http_versions: Option<Vec<String>>,
+            $vis valid_http_versions: Option<Vec<String>>,
             /// Ask for and require this `Content-Encoding`; the body is decoded for the checks.
-            compression: Option<Compression>,
+            $vis compression: Option<Compression>,
             /// Which of the name's addresses are probed: `first`, `all` or `happy_eyeballs`.
-            addresses: Option<AddressMode>,
+            $vis addresses: Option<AddressMode>,
             /// Address family preference; overrides `network.ip_version`.
-            ip_version: Option<IpVersion>,
+            $vis ip_version: Option<IpVersion>,
             /// Consecutive failed probes before `sitewatch_site_up` turns 0 (default 1).
-            failure_threshold: Option<u32>,
+            $vis failure_threshold: Option<u32>,
             /// Consecutive good probes before `sitewatch_site_up` turns 1 again (default 1).
-            success_threshold: Option<u32>,
+            $vis success_threshold: Option<u32>,
             /// Upper bounds of this site's `sitewatch_probe_duration_seconds` buckets, seconds.
-            histogram_buckets: Option<Vec<f64>>,
+            $vis histogram_buckets: Option<Vec<f64>>,
         }
     };
 }
@@ -90,23 +91,10 @@ pub(super) struct RawHeaderCheck {
     allow_missing: bool,
 }
 
+with_check_fields! {
 /// The check fields of a site or of `defaults`, as written.
 #[derive(Debug, Clone, Default)]
-pub(super) struct RawChecks {
-    pub fail_if_header_matches: Option<Vec<RawHeaderCheck>>,
-    pub fail_if_header_not_matches: Option<Vec<RawHeaderCheck>>,
-    pub json_conditions: Option<Vec<String>>,
-    pub max_duration: Option<String>,
-    pub fail_if_cert_expires_within: Option<String>,
-    pub fail_if_ssl: Option<bool>,
-    pub fail_if_not_ssl: Option<bool>,
-    pub valid_http_versions: Option<Vec<String>>,
-    pub compression: Option<Compression>,
-    pub addresses: Option<AddressMode>,
-    pub ip_version: Option<IpVersion>,
-    pub failure_threshold: Option<u32>,
-    pub success_threshold: Option<u32>,
-    pub histogram_buckets: Option<Vec<f64>>,
+pub(super) struct RawChecks {}
 }
 
 impl RawChecks {
