@@ -95,26 +95,16 @@ enum Optional {
     Address(std::net::IpAddr),
 }
 
-/// The optional series a result has.
-fn optional_series(r: &ProbeResult) -> Vec<Optional> {
-    let mut v = Vec::new();
-    if r.cert_expiry.is_some() {
-        v.push(Optional::CertExpiry);
-    }
-    if r.address.is_some() {
-        v.push(Optional::IpProtocol);
-    }
-    if let Some(t) = r.tls_version {
-        v.push(Optional::TlsVersion(t));
-    }
-    if let Some(c) = &r.chain {
-        v.push(Optional::Chain(c.clone()));
-    }
-    if r.uncompressed_length.is_some() {
-        v.push(Optional::Uncompressed);
-    }
-    v.extend(r.addresses.iter().map(|a| Optional::Address(a.ip)));
-    v
+/// The optional series a result has (no allocation: `record` runs this for every probe).
+fn optional_series(r: &ProbeResult) -> impl Iterator<Item = Optional> + '_ {
+    r.cert_expiry
+        .map(|_| Optional::CertExpiry)
+        .into_iter()
+        .chain(r.address.map(|_| Optional::IpProtocol))
+        .chain(r.tls_version.map(Optional::TlsVersion))
+        .chain(r.chain.clone().map(Optional::Chain))
+        .chain(r.uncompressed_length.map(|_| Optional::Uncompressed))
+        .chain(r.addresses.iter().map(|a| Optional::Address(a.ip)))
 }
 
 impl SiteState {
@@ -320,13 +310,10 @@ impl SiteTable {
         st.history = (st.history << 1) | u32::from(result.success());
         st.history_len = st.history_len.saturating_add(1).min(32);
         st.gone = match &st.last {
-            Some(prev) => {
-                let now = optional_series(result);
-                optional_series(prev)
-                    .into_iter()
-                    .filter(|k| !now.contains(k))
-                    .collect()
-            }
+            // Collecting an empty iterator allocates nothing: the usual case costs no heap.
+            Some(prev) => optional_series(prev)
+                .filter(|k| !optional_series(result).any(|n| n == *k))
+                .collect(),
             None => Vec::new(),
         };
         st.last = Some(result.clone());
